@@ -1,0 +1,27 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch first, pinned: `pip install torch==2.13.0` takes the local CPU wheel on these machines,
+# whereas an unpinned requirement would pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: venv demo test bench clean
+
+$(BIN)/mlem-ray: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(BIN)/mlem-ray
+
+venv: $(BIN)/mlem-ray
+
+demo: venv
+	$(BIN)/mlem-ray data pendulum --out runs/demo/data --sequences 2000 --overwrite
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs
