@@ -61,6 +61,107 @@ def _data(args) -> int:
     return 0
 
 
+def _run_config(args):
+    """Config from --config YAML, the method's defaults and --set overrides, plus the data path."""
+    import yaml
+
+    from .config import make_config, parse_overrides
+
+    base = None
+    if getattr(args, "config", None):
+        if not Path(args.config).exists():
+            raise UsageError(f"--config {args.config} does not exist")
+        try:
+            base = yaml.safe_load(Path(args.config).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UsageError(f"--config {args.config} is not valid YAML: {str(e).splitlines()[0]}") from None
+    overrides = parse_overrides(args.set)
+    overrides["data.path"] = str(args.data)
+    if args.epochs is not None:
+        overrides["train.epochs"] = args.epochs
+    if getattr(args, "teacher", None):
+        overrides["objective.teacher"] = str(args.teacher)
+    return make_config(args.method, overrides, base)
+
+
+def _check_data_dir(path: Path) -> None:
+    if not (Path(path) / "schema.json").exists():
+        raise DataError(f"--data {path} is not a prepared data set (no schema.json); create it with `mlem-ray data ...`")
+
+
+def _pretrain(args) -> int:
+    import shutil
+
+    from .training import LocalReporter, train
+
+    _check_data_dir(args.data)
+    cfg = _run_config(args)
+    if cfg.objective.method == "mlem" and not cfg.objective.teacher:
+        raise UsageError("--method mlem needs --teacher CKPT: a CoLES checkpoint trained on the same data")
+    out = Path(args.out or f"runs/pretrain-{cfg.objective.method}")
+    resume = None
+    if args.resume:
+        if not (out / "last" / "model.pt").exists():
+            raise UsageError(f"--resume: {out} holds no run to continue (no {out / 'last'})")
+        resume = out / "last"
+    elif out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            raise UsageError(f"--out {out} already holds a run; pass --resume to continue it or --overwrite to start over")
+        shutil.rmtree(out)
+    print(f"pretraining {cfg.objective.method} on {args.data} -> {out}", flush=True)
+    metrics = train(cfg, LocalReporter(out), resume=resume)
+    if not metrics:
+        print(f"{out}: already trained for {cfg.train.epochs} epochs; nothing to do")
+    else:
+        print(f"best checkpoint: {out / 'best'} (val_loss {metrics['best_val_loss']:.4g}); resume state: {out / 'last'}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    import json
+
+    from .evaluation.evaluate import evaluate_checkpoint
+
+    _check_data_dir(args.data)
+    result = evaluate_checkpoint(args.checkpoint, args.data, folds=args.folds, seed=args.seed,
+                                 robustness=args.robustness)
+    if args.json:
+        print(json.dumps(result, indent=1, sort_keys=True))
+    else:
+        width = max(len(k) for k in result)
+        for k, v in result.items():
+            print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    return 0
+
+
+def _embed(args) -> int:
+    import os
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .data.prepared import EventSequences
+    from .evaluation.embed import embed_rows
+    from .training.checkpoint import load_encoder
+
+    _check_data_dir(args.data)
+    if args.out.suffix != ".parquet":
+        raise UsageError(f"--out must end in .parquet, got {args.out}")
+    seqs = EventSequences.open(args.data)
+    encoder, ckpt = load_encoder(args.checkpoint, seqs.schema)
+    rows = seqs.indices(*args.split) if args.split else seqs.indices()
+    emb = embed_rows(encoder, seqs, rows, ckpt.state["trainer"].get("max_len", seqs.schema.max_len))
+    table = pa.table({"id": seqs.ids.take(pa.array(rows)), "split": pa.array(seqs.split[rows].astype(str)),
+                      **{f"e{j}": emb[:, j] for j in range(emb.shape[1])}})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}: {len(rows)} sequences x {emb.shape[1]} dims (finite: {bool(np.isfinite(emb).all())})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlem-ray",
@@ -100,17 +201,57 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--min-count", type=int, default=1, help="categorical values seen fewer times in training map to 'unseen' (default %(default)s)")
     data_common(q)
     data.set_defaults(func=_data)
+
+    from .config import METHODS
+
+    q = sub.add_parser("pretrain", help="train one encoder locally (CoLES, generative, hybrid, MLEM or supervised)")
+    q.add_argument("--data", required=True, type=Path, help="prepared data set directory")
+    q.add_argument("--method", required=True, choices=METHODS)
+    q.add_argument("--teacher", type=Path, help="MLEM: the frozen CoLES checkpoint (same data schema)")
+    q.add_argument("--epochs", type=int, help="number of epochs (train.epochs)")
+    q.add_argument("--out", type=Path, help="run directory: best/ and last/ checkpoints, metrics.jsonl (default runs/pretrain-METHOD)")
+    q.add_argument("--config", type=Path, help="YAML with sections data/model/objective/optim/train")
+    q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. --set optim.lr=3e-3 (repeatable)")
+    q.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    q.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    q.set_defaults(func=_pretrain)
+
+    q = sub.add_parser("evaluate", help="downstream probes and embedding quality of a checkpoint")
+    q.add_argument("--data", required=True, type=Path, help="prepared data set with targets")
+    q.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory (e.g. RUN/best)")
+    q.add_argument("--folds", type=int, default=5, help="CV folds on the labelled training ids (default %(default)s)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--robustness", action="store_true", help="also re-score with 10/30/50/70%% of events dropped")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=_evaluate)
+
+    q = sub.add_parser("embed", help="write one embedding row per sequence id to Parquet")
+    q.add_argument("--data", required=True, type=Path)
+    q.add_argument("--checkpoint", required=True, type=Path)
+    q.add_argument("--out", required=True, type=Path, help="output .parquet (columns id, split, e0..eH-1)")
+    q.add_argument("--split", action="append", choices=["train", "val", "test"], help="only these splits (repeatable)")
+    q.set_defaults(func=_embed)
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .config import ConfigError
+    from .training.checkpoint import CheckpointError
+
     try:
         return args.func(args)
-    except (DataError, UsageError) as e:
+    except (DataError, UsageError, ConfigError, CheckpointError) as e:
         print(f"mlem-ray {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from .training.loop import NonFiniteLossError
+
+        if isinstance(e, NonFiniteLossError):
+            print(f"mlem-ray {args.command}: error: {e}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -151,14 +151,14 @@ def test_collate_pads_masks_and_hides_nan(tmp_path):
 
 def test_slice_sampler_lengths_and_containment():
     lengths = np.array([5, 30, 200, 1000])
-    owner, starts, lens = SliceSampler(k=5, min_len=10, max_len=100).sample(lengths, np.random.default_rng(0))
+    owner, starts, lens = SliceSampler(k=5, min_len=10, max_len=100).draw(lengths, np.random.default_rng(0))
     assert owner.tolist() == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5
     n = lengths[owner]
     assert (lens == np.minimum(lens, n)).all() and (lens[owner == 0] == 5).all()
     assert (lens[owner >= 2] >= 10).all() and (lens <= 100).all()
     assert (starts >= 0).all() and (starts + lens <= n).all()
     # many draws cover the whole allowed range
-    owner, starts, lens = SliceSampler(k=2000, min_len=10, max_len=100).sample(np.array([1000]), np.random.default_rng(1))
+    owner, starts, lens = SliceSampler(k=2000, min_len=10, max_len=100).draw(np.array([1000]), np.random.default_rng(1))
     assert lens.min() == 10 and lens.max() == 100 and starts.max() > 850
 
 
@@ -173,6 +173,10 @@ def test_slice_collator_is_deterministic_per_epoch(small_pendulum):
     other = col(rows)
     assert torch.equal(first.num, again.num) and not torch.equal(first.num, other.num)
     assert first.seq_index.tolist() == np.repeat(rows, 3).tolist()
+    # a sequence's slices do not depend on which batch it is in
+    col.set_epoch(0)
+    alone = col(rows[4:6])
+    assert torch.equal(alone.num[:, : alone.num.shape[1]], first.num[12:18, : alone.num.shape[1]])
 
 
 # ---------- CLI: bad input as a new user would try it ----------

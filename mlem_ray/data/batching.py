@@ -4,7 +4,7 @@ A batch is built in one vectorised gather: a (B, T) matrix of flat event indices
 
 >>> import numpy as np
 >>> lengths = np.array([3, 7])
->>> owner, starts, lens = SliceSampler(k=2, min_len=2, max_len=4).sample(lengths, np.random.default_rng(0))
+>>> owner, starts, lens = SliceSampler(k=2, min_len=2, max_len=4).draw(lengths, np.random.default_rng(0))
 >>> owner.tolist(), bool(np.all(starts + lens <= lengths[owner]))
 ([0, 0, 1, 1], True)
 """
@@ -97,6 +97,24 @@ def gather_windows(seqs: EventSequences, rows: np.ndarray, starts: np.ndarray, l
     return gather_events(seqs, event_index, mask, rows)
 
 
+def counter_uniforms(*keys) -> np.ndarray:
+    """Uniforms in [0, 1) that depend only on the keys (broadcast integer arrays), not on call
+    order: splitmix64 of a mix of the keys. A slice drawn for (seed, epoch, sequence, view) is the
+    same whichever batch or worker the sequence lands in."""
+    with np.errstate(over="ignore"):
+        h = np.zeros(np.broadcast(*keys).shape, dtype=np.uint64)
+        for k in keys:
+            h = _splitmix64(h ^ np.asarray(k).astype(np.uint64))
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
 class SliceSampler:
     """CoLES views (METHOD.md §2): k contiguous random slices per sequence, each of length uniform
     in [min_len, max_len] capped at the sequence length, at a uniform start."""
@@ -106,14 +124,19 @@ class SliceSampler:
             raise ValueError(f"bad slice settings k={k}, min_len={min_len}, max_len={max_len}")
         self.k, self.min_len, self.max_len = k, min_len, max_len
 
-    def sample(self, lengths: np.ndarray, rng: np.random.Generator):
-        """-> (owner, starts, slice_lengths), each (len(lengths) * k,); owner indexes ``lengths``."""
+    def sample(self, lengths: np.ndarray, u_len: np.ndarray, u_start: np.ndarray):
+        """From 2 uniforms per slice (arrays of len(lengths) * k, sequence-major) ->
+        (owner, starts, slice_lengths); owner indexes ``lengths``."""
         owner = np.repeat(np.arange(len(lengths)), self.k)
         n = np.asarray(lengths, dtype=np.int64)[owner]
-        want = rng.integers(self.min_len, self.max_len + 1, size=owner.size)
+        want = self.min_len + np.floor(u_len * (self.max_len - self.min_len + 1)).astype(np.int64)
         slice_len = np.minimum(want, n)
-        starts = np.floor(rng.random(owner.size) * (n - slice_len + 1)).astype(np.int64)
+        starts = np.floor(u_start * (n - slice_len + 1)).astype(np.int64)
         return owner, starts, slice_len
+
+    def draw(self, lengths: np.ndarray, rng: np.random.Generator):
+        size = len(lengths) * self.k
+        return self.sample(lengths, rng.random(size), rng.random(size))
 
 
 class SequenceDataset(torch.utils.data.Dataset):
@@ -145,17 +168,22 @@ class FullCollator:
 
 
 class SliceCollator:
-    """k CoLES slices per sequence. Deterministic given (seed, epoch, batch number), so a resumed
-    run draws the same slices as an uninterrupted one."""
+    """k CoLES slices per sequence, keyed by (seed, epoch, sequence row, view): a resumed run draws
+    the same slices as an uninterrupted one, and N workers x B sequences draw the same slices as
+    one worker x N*B."""
 
     def __init__(self, seqs: EventSequences, sampler: SliceSampler, seed: int = 0):
         self.seqs, self.sampler, self.seed = seqs, sampler, seed
-        self.set_epoch(0)
+        self.epoch = 0
 
-    def set_epoch(self, epoch: int, rank: int = 0) -> None:
-        self._rng = np.random.default_rng([self.seed, epoch, rank])
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __call__(self, rows) -> PaddedBatch:
         rows = np.asarray(rows, dtype=np.int64)
-        owner, starts, lens = self.sampler.sample(self.seqs.lengths[rows], self._rng)
+        view = np.tile(np.arange(self.sampler.k), len(rows))
+        owner_rows = np.repeat(rows, self.sampler.k)
+        u_len = counter_uniforms(self.seed, self.epoch, owner_rows, view, 0)
+        u_start = counter_uniforms(self.seed, self.epoch, owner_rows, view, 1)
+        owner, starts, lens = self.sampler.sample(self.seqs.lengths[rows], u_len, u_start)
         return gather_windows(self.seqs, rows[owner], starts, lens)

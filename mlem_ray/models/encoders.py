@@ -1,0 +1,69 @@
+"""Sequence encoders: a batch of events -> one embedding per sequence (METHOD.md §2)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from ..data.batching import PaddedBatch
+from .embedder import EventEmbedder
+
+
+class GRUEncoder(nn.Module):
+    """GRU over packed sequences; the embedding is the hidden state after the last valid event,
+    so padding never changes it."""
+
+    def __init__(self, input_dim: int, hidden: int, layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.rnn = nn.GRU(input_dim, hidden, num_layers=layers, batch_first=True,
+                          dropout=dropout if layers > 1 else 0.0)
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
+        _, h = self.rnn(packed)  # (layers, B, H), in the batch's original order
+        return h[-1]
+
+
+class TransformerEncoder(nn.Module):
+    """Transformer over events with learned positions and a padding mask; the embedding is the
+    output at the last valid event ("last") or the mean over valid events ("mean")."""
+
+    def __init__(self, input_dim: int, hidden: int, layers: int, heads: int, dropout: float,
+                 pooling: str = "last", max_len: int = 1024):
+        super().__init__()
+        self.proj = nn.Linear(input_dim, hidden)
+        self.pos = nn.Embedding(max_len, hidden)
+        layer = nn.TransformerEncoderLayer(hidden, heads, dim_feedforward=2 * hidden, dropout=dropout,
+                                           batch_first=True, norm_first=True)
+        self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.pooling, self.max_len, self.out_dim = pooling, max_len, hidden
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        T = x.shape[1]
+        if T > self.max_len:
+            raise ValueError(f"sequence of {T} events is longer than the encoder's max_len {self.max_len}")
+        h = self.proj(x) + self.pos.weight[:T]
+        h = self.body(h, src_key_padding_mask=~mask)  # (B, T, H)
+        if self.pooling == "mean":
+            m = mask.unsqueeze(-1).to(h.dtype)
+            return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        last = (lengths - 1).clamp_min(0)
+        return h[torch.arange(h.shape[0], device=h.device), last]
+
+
+class SequenceEncoder(nn.Module):
+    """Event embedder -> sequence encoder -> optional LayerNorm + dropout (generative and MLEM
+    models use them on the embedding). forward(batch) -> (B, out_dim)."""
+
+    def __init__(self, embedder: EventEmbedder, body: nn.Module, embedding_norm: bool = False,
+                 embedding_dropout: float = 0.0):
+        super().__init__()
+        self.embedder, self.body = embedder, body
+        self.norm = nn.LayerNorm(body.out_dim) if embedding_norm else nn.Identity()
+        self.drop = nn.Dropout(embedding_dropout) if embedding_norm else nn.Identity()
+        self.out_dim = body.out_dim
+
+    def forward(self, batch: PaddedBatch) -> torch.Tensor:
+        x = self.embedder(batch)
+        return self.drop(self.norm(self.body(x, batch.mask, batch.lengths)))
