@@ -123,9 +123,13 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0: a full pass over the training split
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    budget_cpu_s: float = 0.0  # stop once the run has used this much process CPU time (0: no limit);
+    # compares methods at equal compute, unaffected by other load on the machine
 
     def __post_init__(self):
         _positive(self, "epochs")
+        if self.budget_cpu_s < 0:
+            raise ConfigError("train.budget_cpu_s must be >= 0")
         _choice(self, "device", ("auto", "cpu", "cuda"))
         if self.steps_per_epoch < 0 or self.threads < 0:
             raise ConfigError("train.steps_per_epoch and train.threads must be >= 0")

@@ -181,6 +181,8 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
         best_val = float(trainer_state["best_val"])
 
     metrics: dict = {}
+    cpu_start = time.process_time()
+    out_of_budget = False
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
         train_sampler.set_epoch(epoch)
@@ -191,6 +193,11 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
         for step, batch in enumerate(train_loader):
             if step >= steps_per_epoch:
                 break
+            if cfg.train.budget_cpu_s:
+                spent = {"over": float(time.process_time() - cpu_start > cfg.train.budget_cpu_s)}
+                if _reduce(spent, runtime)["over"] > 0:  # every rank stops at the same step
+                    out_of_budget = True  # finish this epoch here: validate, checkpoint, stop
+                    break
             if on_batch is not None:
                 batch = on_batch(epoch, step, batch)
             batch = batch.to(runtime.device, non_blocking=True)
@@ -231,6 +238,8 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
         reporter.report(metrics, checkpoint_dir)
         if checkpoint_dir is not None and checkpoint_dir.exists():
             shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
+        if out_of_budget:
+            break
     return metrics
 
 
