@@ -18,7 +18,7 @@ A search space is a YAML file. One stage::
       optim.lr: {type: log_float, low: 1.0e-4, high: 1.0e-2}
       objective.margin: {type: float, low: 0.3, high: 1.0}          # optional step
       model.hidden: {type: int, low: 64, high: 512, log: true}       # optional step (not with log)
-      model.encoder: {type: categorical, choices: [gru, transformer]}
+      objective.contrastive_loss: {type: categorical, choices: [margin, infonce]}
       model.layers: 1        # a bare value is a constant
 
 ``type`` is one of ``float`` (``log: true`` allowed), ``log_float``, ``int`` (``log`` or ``step``)
@@ -45,9 +45,10 @@ bound (and, for an int, the step after ``low``, which catches "must be divisible
 each choice is applied with ``make_config(method).replace(...)`` together with the other
 parameters all at their low ends and all at their high ends. So cross-field rules hold at the
 corners of the space; e.g. ``data.slice_min`` and ``data.slice_max`` need ranges that do not
-overlap. Every bad file is refused with a one-line ``SpaceError`` naming the file and the key.
-``train.epochs`` is set by ``sweep.epochs`` and ``objective.method`` by ``method``; neither may
-appear under ``params``.
+overlap, and a ``model.encoder`` choice of ``transformer`` needs ``model.hidden`` divisible by
+``model.heads`` (give hidden a ``step``; a log-scale int has step 1). Every bad file is refused
+with a one-line ``SpaceError`` naming the file and the key. ``train.epochs`` is set by
+``sweep.epochs`` and ``objective.method`` by ``method``; neither may appear under ``params``.
 """
 from __future__ import annotations
 
@@ -338,14 +339,14 @@ def _params(raw, method: str, path: str, where: str) -> tuple[dict, dict]:
             params[key] = _param_spec(value, key, _hint(default, key), path, where + key)
         else:
             constants[key] = value
-    _check_values(method, params, constants, path, where)
+    _check_values(default, params, constants, path, where)
     # Constants and choices as the config reads them (e.g. "1e-4" -> 0.0001 for a float key).
     ctx = {**constants, **{k: s.corner(False) for k, s in params.items()}}
-    flat = _flat(make_config(method).replace(**ctx))
+    flat = _flat(default.replace(**ctx))
     constants = {k: flat[k] for k in constants}
     for key, spec in params.items():
         if spec.type == "categorical":
-            read = tuple(_flat(make_config(method).replace(**{**ctx, key: c}))[key] for c in spec.choices)
+            read = tuple(_flat(default.replace(**{**ctx, key: c}))[key] for c in spec.choices)
             params[key] = dataclasses.replace(spec, choices=read)
     return params, constants
 
@@ -427,14 +428,14 @@ def _number(value, kind: str, refuse, name: str):
     return float(value)
 
 
-def _check_values(method: str, params: dict, constants: dict, path: str, where: str):
+def _check_values(default: Config, params: dict, constants: dict, path: str, where: str):
     """Apply every constant, bound and choice to the config, alone and with the other params at
     their low and at their high corner; refuse the first failure with the key it was checked under."""
     probes = [(k, v) for k, v in constants.items()] + [(k, v) for k, s in params.items() for v in s.probes()]
 
     def fails(flat: dict) -> str | None:
         try:
-            make_config(method).replace(**flat)
+            default.replace(**flat)  # default = make_config(method)
         except ConfigError as e:
             return str(e)
         return None

@@ -207,7 +207,7 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
             if runtime.world_size > 1:
                 finite = torch.tensor(_reduce({"f": finite.item()}, runtime)["f"] / runtime.world_size)
             if finite.item() < 1.0:
-                parts = ", ".join(f"{k}={float(v):.4g}" for k, v in out.items())
+                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items())
                 raise NonFiniteLossError(
                     f"non-finite loss at epoch {epoch}, step {step} ({parts}); stopped, the last good "
                     f"checkpoint is kept. Lower optim.lr, check the data for extreme values, or keep optim.clip_grad on"
