@@ -49,6 +49,10 @@ class MLEMObjective(nn.Module):
                  reconstruction: ReconstructionLoss, siglip: SigLIPLoss, w_rec: float = 1.0, w_align: float = 10.0):
         super().__init__()
         self.encoder, self.decoder, self.reconstruction, self.siglip = encoder, decoder, reconstruction, siglip
+        # When the generative encoder is sized differently from the teacher, a linear map brings
+        # its embedding to the teacher's width inside the alignment loss only.
+        self.align_map = (nn.Linear(encoder.out_dim, teacher.out_dim, bias=False)
+                          if encoder.out_dim != teacher.out_dim else nn.Identity())
         self.w_rec, self.w_align = w_rec, w_align
         self.teacher = teacher
         for p in self.teacher.parameters():
@@ -68,7 +72,7 @@ class MLEMObjective(nn.Module):
         with torch.no_grad():
             z_con = self.teacher(batch)
         parts = self.reconstruction(self.decoder(z, self.encoder.embedder(batch)), batch, z)
-        align = self.siglip(z, z_con)
+        align = self.siglip(self.align_map(z), z_con)
         loss = self.w_rec * parts["rec"] + self.w_align * align
         return {"loss": loss, "align": align.detach(), "siglip_t": self.siglip.t.detach(),
                 "siglip_b": self.siglip.b.detach(), **{k: v.detach() for k, v in parts.items()}}
