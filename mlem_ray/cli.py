@@ -162,6 +162,30 @@ def _embed(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from .sweep.pipeline import SweepSettings, run_sweep
+
+    if args.trials is not None and args.trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {args.trials}")
+    settings = SweepSettings(out=str(args.out), data=str(args.data or ""), space=str(args.space or ""),
+                             trials=args.trials or 0, methods=list(_csv_list(args.methods)),
+                             gpus_per_worker=args.gpus_per_worker, sequences=args.sequences)
+    run_sweep(settings, address=args.address, resume=args.resume)
+    return 0
+
+
+def _report(args) -> int:
+    from .sweep.report import build_report
+
+    if args.reseed:
+        from .sweep.pipeline import reseed_best
+
+        reseed_best(args.sweep_dir, seeds=tuple(range(1, args.seeds)), address=args.address)
+    print(build_report(Path(args.sweep_dir)))
+    print(f"\nplots and report.md in {Path(args.sweep_dir) / 'report'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlem-ray",
@@ -231,6 +255,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, type=Path, help="output .parquet (columns id, split, e0..eH-1)")
     q.add_argument("--split", action="append", choices=["train", "val", "test"], help="only these splits (repeatable)")
     q.set_defaults(func=_embed)
+
+    q = sub.add_parser("sweep", help="the main job: Ray Tune + Optuna sweep (by default the two-stage MLEM pipeline)",
+                       description="With no arguments: generate a small Pendulum set and run search_spaces/quick.yaml "
+                                   "(CoLES teachers, then MLEM against the best one) on a local Ray instance.")
+    q.add_argument("--data", type=Path, help="prepared data set (default: generate Pendulum into OUT/data)")
+    q.add_argument("--space", type=Path, help="search-space YAML (default: search_spaces/quick.yaml)")
+    q.add_argument("--trials", type=int, help="trials per stage (default: each stage's own)")
+    q.add_argument("--out", type=Path, default=Path("runs/sweep"), help="sweep directory (default %(default)s); shared storage on multi-node clusters")
+    q.add_argument("--address", help="Ray cluster to join: auto (a local `ray start`) or ray://host:10001 (default: start Ray in-process)")
+    q.add_argument("--resume", action="store_true", help="continue the sweep in --out after an interruption")
+    q.add_argument("--methods", help="also sweep these methods for comparison, e.g. generative,hybrid")
+    q.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per trial worker (default %(default)s: CPU)")
+    q.add_argument("--sequences", type=int, default=2000, help="Pendulum size when no --data is given (default %(default)s)")
+    q.set_defaults(func=_sweep)
+
+    q = sub.add_parser("report", help="leaderboard (methods side by side), parameter importances and plots of a sweep")
+    q.add_argument("sweep_dir", type=Path, help="the sweep's --out directory")
+    q.add_argument("--reseed", action="store_true", help="first re-run each stage's best config with more seeds (needs Ray)")
+    q.add_argument("--seeds", type=int, default=3, help="seeds in all for --reseed, the original included (default %(default)s)")
+    q.add_argument("--address", help="Ray cluster for --reseed (default: start Ray in-process)")
+    q.set_defaults(func=_report)
     return p
 
 
@@ -238,11 +283,14 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .config import ConfigError
+    from .sweep.pipeline import SweepError
+    from .sweep.report import ReportError
+    from .sweep.space import SpaceError
     from .training.checkpoint import CheckpointError
 
     try:
         return args.func(args)
-    except (DataError, UsageError, ConfigError, CheckpointError) as e:
+    except (DataError, UsageError, ConfigError, CheckpointError, SweepError, SpaceError, ReportError) as e:
         print(f"mlem-ray {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:

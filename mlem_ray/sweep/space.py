@@ -77,7 +77,6 @@ _RESERVED = {
 # the file must not. (SigLIP compares z_gen with z_con directly, so the sizes must match.)
 FROM_TEACHER = {
     "objective.teacher": "the teacher checkpoint comes from stage 1",
-    "model.hidden": "the MLEM encoder's size must equal the teacher's, so it comes from stage 1",
 }
 
 

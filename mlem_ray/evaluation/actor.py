@@ -1,0 +1,122 @@
+"""The shared evaluation actor: one per sweep, it scores finished trials' best checkpoints
+downstream and keeps the leaderboard.
+
+- Work arrives from a Tune callback as `score` calls; a plain (sync) actor runs them one at a time,
+  so they queue in the actor's mailbox.
+- Every result is appended to `<sweep>/leaderboard.parquet` (written to a temp file and renamed)
+  *before* the call returns, and written to TensorBoard next to the trial.
+- After a crash Ray restarts the actor (`max_restarts`) and retries unfinished calls
+  (`max_task_retries`); the new instance reloads the leaderboard, so a row is never lost and a
+  trial is never scored twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+LEADERBOARD = "leaderboard.parquet"
+
+
+def read_leaderboard(sweep_dir) -> pd.DataFrame:
+    path = Path(sweep_dir) / LEADERBOARD
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+
+def _write_atomic(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def selection_metric(task: str) -> tuple[str, str]:
+    """The metric that ranks checkpoints: the tree probe's cross-validated score on the labelled
+    training ids. The test set is reported, never used to choose (that would leak it)."""
+    if task == "regression":
+        return "tree_cv_mse_mean", "min"
+    if task == "binary":
+        return "tree_cv_roc_auc_mean", "max"
+    return "tree_cv_accuracy_mean", "max"
+
+
+class Evaluator:
+    """The actor's body (plain class, so it is testable without Ray)."""
+
+    def __init__(self, sweep_dir, data_path, folds: int = 5, seed: int = 0, tree_iters: int = 300,
+                 robustness: bool = False, threads: int = 1):
+        self.sweep_dir = Path(sweep_dir)
+        self.data_path = str(data_path)
+        self.folds, self.seed, self.tree_iters, self.robustness = folds, seed, tree_iters, robustness
+        self.threads = threads
+        self.board = read_leaderboard(self.sweep_dir)
+        self.restored_rows = len(self.board)
+
+    def _done(self, trial_id: str) -> dict | None:
+        if self.board.empty:
+            return None
+        hit = self.board[self.board["trial_id"] == trial_id]
+        return hit.iloc[0].to_dict() if len(hit) else None
+
+    def score(self, trial_id: str, stage: str, method: str, checkpoint: str, val_loss: float, params: dict,
+              seed: int = 0, reseed_of: str = "", trial_dir: str = "") -> dict:
+        """Score once; a repeated call for the same trial returns the stored row."""
+        done = self._done(trial_id)
+        if done is not None:
+            return done
+        from threadpoolctl import threadpool_limits
+
+        from .evaluate import evaluate_checkpoint
+
+        with threadpool_limits(self.threads):
+            result = evaluate_checkpoint(checkpoint, self.data_path, kinds=("tree", "linear"), folds=self.folds,
+                                         seed=self.seed, robustness=self.robustness, tree_iters=self.tree_iters)
+        metric, mode = selection_metric(result["task"])
+        row = {
+            "trial_id": trial_id, "stage": stage, "method": method, "checkpoint": str(checkpoint),
+            "val_loss": float(val_loss), "params": json.dumps(params, sort_keys=True, default=str), "seed": int(seed),
+            "reseed_of": reseed_of, "primary_metric": metric, "primary_mode": mode,
+            "primary_value": float(result[metric]), "scored_at": time.time(),
+            **{k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        }
+        board = pd.concat([self.board, pd.DataFrame([row])], ignore_index=True)
+        _write_atomic(board, self.sweep_dir / LEADERBOARD)
+        self.board = board
+        self._tensorboard(row, params, trial_dir)
+        return row
+
+    def _tensorboard(self, row: dict, params: dict, trial_dir: str) -> None:
+        """Downstream metrics as an HParams run beside the trial's own curves, and the leaderboard
+        as scalars in `<sweep>/tensorboard_leaderboard`."""
+        from tensorboardX import SummaryWriter
+
+        metrics = {f"downstream/{k}": v for k, v in row.items()
+                   if isinstance(v, float) and k not in ("scored_at", "seed")}
+        hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
+        hparams.update({"method": row["method"], "stage": row["stage"]})
+        where = Path(trial_dir) if trial_dir else self.sweep_dir / row["stage"] / row["trial_id"]
+        with SummaryWriter(str(where / "downstream")) as w:
+            w.add_hparams(hparams, metrics, name=".")
+        with SummaryWriter(str(self.sweep_dir / "tensorboard_leaderboard")) as w:
+            step = len(self.board)
+            w.add_scalar(f"leaderboard/{row['stage']}/{row['primary_metric']}", row["primary_value"], step)
+            w.add_text("leaderboard/trial", f"{row['stage']} {row['trial_id']} {row['method']}: "
+                       f"{row['primary_metric']}={row['primary_value']:.4g}", step)
+
+    def rows(self) -> list[dict]:
+        return self.board.to_dict("records")
+
+    def info(self) -> dict:
+        return {"pid": os.getpid(), "rows": len(self.board), "restored_rows": self.restored_rows}
+
+
+def get_or_create_actor(sweep_dir, data_path, name: str, cpus: float = 0.0, **kwargs):
+    """The named actor of this sweep (DESIGN.md pattern): created once, found again by name."""
+    import ray
+
+    actor_cls = ray.remote(Evaluator)
+    return actor_cls.options(name=name, namespace="mlem_ray", get_if_exists=True, num_cpus=cpus,
+                             max_restarts=-1, max_task_retries=-1, lifetime=None).remote(
+        str(sweep_dir), str(data_path), **kwargs)

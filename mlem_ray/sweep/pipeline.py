@@ -1,0 +1,267 @@
+"""The main job: the two-stage MLEM sweep (or a one-stage sweep), end to end.
+
+Stage 1 sweeps CoLES teachers; the evaluation actor scores them downstream; among the stage's
+finalists (lowest validation loss) the best-scored checkpoint becomes the teacher. Stage 2 sweeps
+MLEM against it. Comparison stages (generative, hybrid, ...) are swept at the same budget.
+
+Sweep directory layout (`--out`):
+  sweep.json              the sweep's settings (so `--resume` needs only `--out`)
+  space.yaml              the search space used
+  data/                   the generated Pendulum set when no --data was given
+  <stage>/<trial_id>/     Tune trials: TensorBoard curves, HParams, checkpoints
+  leaderboard.parquet     one row per scored trial (the evaluation actor's)
+  tensorboard_leaderboard/
+  teacher.json            the chosen teacher (two-stage sweeps)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ..config import ConfigError
+from ..data.schema import DataError
+from .space import SearchSpace, StageSpace
+
+DEFAULT_SPACE = "quick.yaml"
+DEMO_SEQUENCES = 2000
+
+
+class SweepError(ValueError):
+    """Bad sweep input (paths, resources, resume state): one line, exit code 2."""
+
+
+def search_space_dir() -> Path:
+    here = Path(__file__).resolve().parents[2] / "search_spaces"
+    return here if here.exists() else Path.cwd() / "search_spaces"
+
+
+@dataclass
+class SweepSettings:
+    out: str
+    data: str = ""
+    space: str = ""
+    trials: int = 0  # 0: each stage's own
+    methods: list = field(default_factory=list)
+    gpus_per_worker: float = 0.0
+    cpus_per_trial: float = 1.0
+    folds: int = 5
+    sequences: int = DEMO_SEQUENCES
+
+
+def _resolve(settings: SweepSettings, resume: bool) -> SweepSettings:
+    out = Path(settings.out)
+    state = out / "sweep.json"
+    if resume:
+        if not state.exists():
+            raise SweepError(f"--resume: {out} holds no sweep (no sweep.json); start one with mlem-ray sweep --out {out}")
+        saved = SweepSettings(**json.loads(state.read_text()))
+        # The space as copied at the start: the original path may be gone (a job's working dir).
+        return replace(saved, out=str(out), space=str(out / "space.yaml"))
+    if state.exists():
+        raise SweepError(f"--out {out} already holds a sweep; pass --resume to continue it or choose another --out")
+    space = Path(settings.space) if settings.space else search_space_dir() / DEFAULT_SPACE
+    if not space.exists():
+        raise SweepError(f"--space {space} does not exist (search spaces live in {search_space_dir()})")
+    SearchSpace.load(space)  # refuse a bad file before anything is written
+    data = settings.data
+    if data and not (Path(data) / "schema.json").exists():
+        raise DataError(f"--data {data} is not a prepared data set (no schema.json); create it with `mlem-ray data ...`")
+    return replace(settings, space=str(space.resolve()), data=str(Path(data).resolve()) if data else "")
+
+
+def _prepare_out(settings: SweepSettings) -> Path:
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "space.yaml").exists():
+        shutil.copyfile(settings.space, out / "space.yaml")
+    if not settings.data:
+        data = out / "data"
+        if not (data / "schema.json").exists():
+            from ..data import pendulum, prepare, write_prepared
+            from ..data.ingest import IngestSpec
+
+            print(f"generating Pendulum ({settings.sequences} sequences) in {data}", flush=True)
+            events, targets = pendulum.generate(settings.sequences, seed=0)
+            spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", task="regression",
+                              source=f"pendulum(sequences={settings.sequences}, seed=0)")
+            write_prepared(data, *prepare(events, spec, targets), overwrite=True)
+        settings = replace(settings, data=str(data.resolve()))
+    (out / "sweep.json").write_text(json.dumps(asdict(settings), indent=1))
+    return out
+
+
+def _stages(space: SearchSpace, settings: SweepSettings) -> dict[str, StageSpace]:
+    """The stages to run, in order: the file's, plus a comparison stage per --methods entry
+    (that method's own space file, at the MLEM stage's budget and shared constants)."""
+    stages = dict(space.stages)
+    if settings.methods:
+        budget_from = stages.get("mlem") or next(iter(stages.values()))
+        for method in settings.methods:
+            key = f"compare_{method}"
+            if key in stages or method in stages:
+                continue
+            path = search_space_dir() / f"{method}.yaml"
+            if not path.exists():
+                raise SweepError(f"--methods {method}: no search space {path}")
+            own = next(iter(SearchSpace.load(path).stages.values()))
+            shared = {k: v for k, v in budget_from.constants.items() if k not in own.params and not k.startswith("objective.")}
+            stages[key] = replace(own, sweep=replace(own.sweep, trials=budget_from.sweep.trials,
+                                                     epochs=budget_from.sweep.epochs,
+                                                     grace_period=min(own.sweep.grace_period, budget_from.sweep.epochs)),
+                                  constants={**own.constants, **shared})
+    return stages
+
+
+def pick_teacher(rows: list[dict], finalists: int) -> dict:
+    """Among the `finalists` trials with the lowest validation loss, the best downstream score."""
+    if not rows:
+        raise SweepError("stage 1 produced no scored CoLES checkpoint; see the trial errors above")
+    by_val = sorted(rows, key=lambda r: r["val_loss"])[:finalists]
+    sign = 1.0 if by_val[0]["primary_mode"] == "min" else -1.0
+    return min(by_val, key=lambda r: sign * r["primary_value"])
+
+
+def _best(rows: list[dict]) -> dict | None:
+    if not rows:
+        return None
+    sign = 1.0 if rows[0]["primary_mode"] == "min" else -1.0
+    return min(rows, key=lambda r: sign * r["primary_value"])
+
+
+def _init_ray(address: str | None):
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "0")
+    ray.init(address=address or None, namespace="mlem_ray", log_to_driver=True,
+             **({} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
+
+
+def check_gpus(gpus_per_worker: float, resources: dict) -> None:
+    """Fail fast: asking Ray for GPUs the cluster does not have waits forever."""
+    have = resources.get("GPU", 0.0)
+    if gpus_per_worker > 0 and have < gpus_per_worker:
+        raise SweepError(f"--gpus-per-worker {gpus_per_worker:g} but the Ray cluster has {have:g} GPUs; "
+                         "drop the flag to run on CPU or connect to a GPU cluster with --address")
+
+
+@dataclass
+class _Session:
+    """What the stages of one sweep share once Ray is up."""
+
+    out: Path
+    settings: SweepSettings
+    actor: object
+    actor_name: str
+    cpus: float
+    actor_cpus: float
+
+    def fixed(self, name: str, two_stage: bool) -> dict:
+        fixed = {"data.path": self.settings.data, "train.threads": max(1, int(self.settings.cpus_per_trial))}
+        if self.settings.gpus_per_worker:
+            fixed["train.device"] = "cuda"
+        if name == "mlem" and two_stage:
+            fixed["objective.teacher"] = json.loads((self.out / "teacher.json").read_text())["checkpoint"]
+        return fixed
+
+    def max_concurrent(self, stage: StageSpace) -> int:
+        return stage.sweep.max_concurrent or max(1, int((self.cpus - self.actor_cpus) // self.settings.cpus_per_trial))
+
+
+def _start(settings: SweepSettings, address: str | None) -> _Session:
+    import ray
+
+    from ..evaluation.actor import get_or_create_actor
+
+    _init_ray(address)
+    resources = ray.cluster_resources()
+    check_gpus(settings.gpus_per_worker, resources)
+    out = _prepare_out(settings)
+    settings = SweepSettings(**json.loads((out / "sweep.json").read_text()))
+    cpus = resources.get("CPU", 1.0)
+    # The actor scores while trials train; on a small machine it takes no CPU reservation so that
+    # it never blocks trial scheduling (it runs between trial completions, single-threaded).
+    actor_cpus = 1.0 if cpus >= 4 else 0.0
+    actor_name = "evaluator-" + hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:10]
+    actor = get_or_create_actor(out, settings.data, actor_name, cpus=actor_cpus, folds=settings.folds)
+    return _Session(out.resolve(), settings, actor, actor_name, cpus, actor_cpus)
+
+
+def run_sweep(settings: SweepSettings, address: str | None = None, resume: bool = False) -> dict:
+    from .tuner import run_stage
+
+    settings = _resolve(settings, resume)
+    space = SearchSpace.load(settings.space)
+    stages = _stages(space, settings)
+    session = _start(replace(settings, out=str(Path(settings.out).resolve())), address)
+    out, settings = session.out, session.settings
+    summary: dict = {"out": str(out), "stages": {}}
+    for name, stage in stages.items():
+        stage_fixed = session.fixed(name, space.is_two_stage)
+        max_concurrent = session.max_concurrent(stage)
+        print(f"\n== stage {name}: {stage.method}, {settings.trials or stage.sweep.trials} trials, "
+              f"{max_concurrent} at a time ==", flush=True)
+        rows = run_stage(name, stage, out, stage_fixed, session.actor, session.actor_name, settings.cpus_per_trial,
+                         max_concurrent, resume=resume, trials=settings.trials or None)
+        best = _best(rows)
+        summary["stages"][name] = {"method": stage.method, "scored": len(rows), "best": best}
+        if name == "teacher" and space.is_two_stage:
+            teacher = pick_teacher(rows, stage.sweep.finalists)
+            (out / "teacher.json").write_text(json.dumps(teacher, indent=1, default=str))
+            print(f"teacher: trial {teacher['trial_id']} ({teacher['primary_metric']} {teacher['primary_value']:.4g}, "
+                  f"val_loss {teacher['val_loss']:.4g})", flush=True)
+    _print_summary(out, summary)
+    return summary
+
+
+def reseed_best(out, seeds=(1, 2), address: str | None = None) -> list[dict]:
+    """Re-run each stage's best config (by the downstream selection metric) with other seeds, so the
+    report can give mean +- std over seeds. Re-runs already on the leaderboard are kept."""
+    from ray import tune
+
+    from ..evaluation.actor import read_leaderboard
+    from .tuner import run_stage
+
+    settings = _resolve(SweepSettings(out=str(out)), resume=True)
+    space = SearchSpace.load(settings.space)
+    stages = _stages(space, settings)
+    board = read_leaderboard(out)
+    if board.empty:
+        raise SweepError(f"{out} has no scored trial yet; run or resume the sweep first")
+    session = _start(replace(settings, out=str(Path(out).resolve())), address)
+    rows = []
+    for name, stage in stages.items():
+        originals = board[(board["stage"] == name) & (board["reseed_of"].fillna("") == "")].to_dict("records")
+        best = _best(originals)
+        if best is None:
+            continue
+        params = json.loads(best["params"])
+        print(f"\n== re-seeding {name} trial {best['trial_id']} with seeds {list(seeds)} ==", flush=True)
+        rows += run_stage(f"{name}_reseed_{best['trial_id']}", stage, session.out, session.fixed(name, space.is_two_stage),
+                          session.actor, session.actor_name, settings.cpus_per_trial, session.max_concurrent(stage),
+                          resume=True, param_space={**params, "train.seed": tune.grid_search(list(seeds))},
+                          reseed_of=best["trial_id"], row_stage=name)
+    return rows
+
+
+def _print_summary(out: Path, summary: dict) -> None:
+    print("\nsweep finished")
+    for name, s in summary["stages"].items():
+        b = s["best"]
+        if b:
+            test = {k: v for k, v in b.items() if k.startswith("tree_test_")}
+            test_text = ", ".join(f"{k} {v:.4g}" for k, v in test.items())
+            print(f"  {name:<20} {s['method']:<10} {s['scored']} scored; best {b['trial_id']}: "
+                  f"{b['primary_metric']} {b['primary_value']:.4g}; {test_text}")
+    main = summary["stages"].get("mlem") or next(iter(summary["stages"].values()), None)
+    print(f"TensorBoard:  tensorboard --logdir {out}")
+    print(f"leaderboard:  {out / 'leaderboard.parquet'}  (mlem-ray report {out})")
+    if main and main["best"]:
+        print(f"best checkpoint: {main['best']['checkpoint']}")
+    sys.stdout.flush()

@@ -1,0 +1,147 @@
+"""One sweep stage on Ray Tune: OptunaSearch (TPE) + ASHA over the one training loop.
+
+A trial runs the training loop inline (one CPU worker: no Ray Train start-up cost) and reports
+through `ray.tune.report`. Each finished trial's best checkpoint is pushed to the evaluation actor
+from `Callback.on_trial_complete` (it fires for early-stopped trials too).
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from ..config import make_config
+from ..training.loop import Runtime, resolve_device, train
+from .space import StageSpace
+
+# Tune and TensorBoard want flat scalar metrics.
+_REPORTED_KINDS = (int, float)
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a stage shares (passed with tune.with_parameters)."""
+
+    method: str
+    constants: dict
+    fixed: dict  # data path, teacher, threads: set by the pipeline, not swept
+    epochs: int
+    cpus_per_trial: float = 1.0
+
+
+class TuneReporter:
+    """Reporter for the training loop inside a Tune trial."""
+
+    def report(self, metrics: dict, checkpoint: Path | None) -> None:
+        flat = {k: (float(v) if not isinstance(v, bool) else int(v)) for k, v in metrics.items()
+                if isinstance(v, _REPORTED_KINDS) and (not isinstance(v, float) or math.isfinite(v))}
+        if checkpoint is not None:
+            tune.report(flat, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
+        else:
+            tune.report(flat)
+
+
+def trial_overrides(settings: TrialSettings, sampled: dict) -> dict:
+    return {**settings.constants, **{k: v for k, v in sampled.items() if not k.startswith("_")},
+            "train.epochs": settings.epochs, **settings.fixed}
+
+
+def run_trial(sampled: dict, settings: TrialSettings) -> None:
+    """The Tune function trainable."""
+    cfg = make_config(settings.method, trial_overrides(settings, sampled))
+    resume = None
+    checkpoint = tune.get_checkpoint()  # set when Tune restores an interrupted trial
+    if checkpoint is not None:
+        resume = checkpoint.to_directory()
+    train(cfg, TuneReporter(), Runtime(device=resolve_device(cfg.train.device)), resume=resume)
+    if resume:
+        shutil.rmtree(resume, ignore_errors=True)
+
+
+class ScoreOnComplete(tune.Callback):
+    """Hands each completed trial's best checkpoint to the evaluation actor, without waiting.
+    The actor is looked up by name, so a callback restored with the experiment still finds it."""
+
+    def __init__(self, actor_name: str, stage: str, method: str, swept: list[str], reseed_of: str = ""):
+        self.actor_name, self.stage, self.method, self.swept, self.reseed_of = actor_name, stage, method, swept, reseed_of
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        found = best_checkpoint(trial.run_metadata.checkpoint_manager.best_checkpoint_result)
+        if found is not None:
+            actor = ray.get_actor(self.actor_name, namespace="mlem_ray")
+            submit(actor, trial.trial_id, trial.config, found, self.stage, self.method, self.swept, self.reseed_of,
+                   trial.local_path or "")
+
+
+def best_checkpoint(result):
+    """(path, val_loss) from a checkpoint result, or None."""
+    if result is None or result.checkpoint is None:
+        return None
+    return result.checkpoint.path, float(result.metrics.get("val_loss", math.nan))
+
+
+def submit(actor, trial_id, config, found, stage, method, swept, reseed_of="", trial_dir=""):
+    path, val_loss = found
+    params = {k: config[k] for k in swept if k in config}
+    return actor.score.remote(trial_id, stage, method, path, val_loss, params, int(config.get("train.seed", 0)),
+                              reseed_of, trial_dir)
+
+
+def run_stage(name: str, stage: StageSpace, out: Path, fixed: dict, actor, actor_name: str, cpus_per_trial: float,
+              max_concurrent: int, resume: bool, trials: int | None = None, param_space: dict | None = None,
+              reseed_of: str = "", row_stage: str = "") -> list[dict]:
+    """Run (or resume) one stage's Tune experiment in `out/name` and wait until every completed
+    trial is on the leaderboard. -> the stage's leaderboard rows. `param_space` replaces the search
+    (used to re-run one config with other seeds; its rows are labelled `row_stage`)."""
+    row_stage = row_stage or name
+    settings = TrialSettings(stage.method, dict(stage.constants), dict(fixed), stage.sweep.epochs, cpus_per_trial)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"cpu": cpus_per_trial})
+    swept = list(stage.params) + (["train.seed"] if param_space else [])
+    callback = ScoreOnComplete(actor_name, row_stage, stage.method, swept, reseed_of)
+    experiment = (out / name).resolve()
+    if resume and tune.Tuner.can_restore(str(experiment)):
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if experiment.exists():
+            shutil.rmtree(experiment)  # a stage interrupted before Tune saved any state
+        sweep = stage.sweep
+        common = dict(metric=sweep.metric, mode=sweep.mode, max_concurrent_trials=max_concurrent,
+                      trial_dirname_creator=_trial_dirname)
+        if param_space is None:
+            scheduler = (tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=sweep.epochs,
+                                                       grace_period=sweep.grace_period,
+                                                       reduction_factor=sweep.reduction_factor)
+                         if sweep.scheduler == "asha" else None)
+            tune_config = tune.TuneConfig(search_alg=stage.searcher(), scheduler=scheduler,
+                                          num_samples=trials or sweep.trials, **common)
+        else:
+            tune_config = tune.TuneConfig(num_samples=1, **common)
+        run_config = tune.RunConfig(
+            name=name, storage_path=str(out.resolve()), callbacks=[callback], verbose=1,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
+                                                    checkpoint_score_order="min"),
+            failure_config=tune.FailureConfig(max_failures=1),
+        )
+        tuner = tune.Tuner(trainable, param_space=param_space or {}, tune_config=tune_config, run_config=run_config)
+    grid = tuner.fit()
+    # Every completed trial is (re)submitted: the callback already did so while the driver ran,
+    # but a driver killed in between would have lost those calls. The actor skips scored trials,
+    # and it runs calls in order, so these refs resolve once everything before them is scored.
+    refs = []
+    for result in grid:
+        if result.error is not None:
+            continue
+        kept = [r for r in (result.best_checkpoints or [])]
+        found = min(((c.path, float(m.get("val_loss", math.inf))) for c, m in kept), key=lambda x: x[1], default=None)
+        if found is not None:
+            refs.append(submit(actor, result.metrics.get("trial_id") or Path(result.path).name, result.config, found,
+                               row_stage, stage.method, swept, reseed_of, result.path))
+    return ray.get(refs)
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
