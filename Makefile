@@ -18,7 +18,7 @@ $(BIN)/mlem-ray: pyproject.toml
 venv: $(BIN)/mlem-ray
 
 demo: venv
-	$(BIN)/mlem-ray data pendulum --out runs/demo/data --sequences 2000 --overwrite
+	$(BIN)/mlem-ray sweep --out runs/demo $(if $(wildcard runs/demo/sweep.json),--resume,)
 
 test: venv
 	$(BIN)/python -m pytest -q tests

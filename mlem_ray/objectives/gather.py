@@ -35,3 +35,19 @@ def gather_labels(x: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(out, x.contiguous())
     return torch.cat(out, dim=0)
+
+
+def global_mean(total: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
+    """Mean over the global batch of a per-rank sum, in the form DDP expects.
+
+    One process: total / count. N ranks: total * N / (count summed over ranks), so that the
+    average over ranks (what DDP does to gradients, and what the loop reports) equals the mean
+    over all ranks' elements, even when ranks hold different numbers of valid elements (padding,
+    NaN). Without it, N x B would not match 1 x N*B."""
+    count = torch.as_tensor(count, dtype=total.dtype, device=total.device)
+    n = world_size()
+    if n > 1:
+        count = count.detach().clone()
+        dist.all_reduce(count)
+        return total * n / count.clamp_min(1)
+    return total / count.clamp_min(1)

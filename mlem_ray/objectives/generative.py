@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.embedder import encode_dt
+from .gather import global_mean
 
 
 class ReconstructionLoss(nn.Module):
@@ -27,24 +28,25 @@ class ReconstructionLoss(nn.Module):
         self.time_encoding = time_encoding
 
     def forward(self, pred: dict, batch, z: torch.Tensor) -> dict:
+        # Means are taken over the global batch (global_mean), so N workers match one worker.
         mask = batch.mask
         zero = z.new_zeros(())
         ce = zero
         for j, logits in enumerate(pred["cat"]):
             target = batch.cat[:, :, j].masked_fill(~mask, -100)
-            if mask.any():
-                ce = ce + F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+            total = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum")
+            ce = ce + global_mean(total, mask.sum())
         mse_num = zero
-        if pred["num"] is not None and batch.num_mask.any():
+        if pred["num"] is not None:
             err = (pred["num"] - batch.num).pow(2)[batch.num_mask]
-            mse_num = err.mean()
+            mse_num = global_mean(err.sum(), batch.num_mask.sum())
         time_mask = mask.clone()
         time_mask[:, 0] = False
         mse_dt = zero
-        if self.time_encoding != "none" and time_mask.any():
+        if self.time_encoding != "none":
             target_dt = encode_dt(batch.dt, self.time_encoding)
-            mse_dt = (pred["dt"] - target_dt).pow(2)[time_mask].mean()
-        l1 = z.abs().sum(-1).mean()
+            mse_dt = global_mean((pred["dt"] - target_dt).pow(2)[time_mask].sum(), time_mask.sum())
+        l1 = global_mean(z.abs().sum(), z.shape[0])
         rec = self.w_num * mse_num + self.w_cat * ce + self.w_time * mse_dt + self.w_l1 * l1
         return {"rec": rec, "rec_cat": ce.detach(), "rec_num": mse_num.detach(), "rec_time": mse_dt.detach(),
                 "l1": l1.detach()}

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .gather import global_mean
+
 
 class SupervisedObjective(nn.Module):
     batch_kind = "full"
@@ -31,9 +33,10 @@ class SupervisedObjective(nn.Module):
         out = self.head(z[labelled])
         y = y[labelled]
         if self.task == "binary":
-            loss = F.binary_cross_entropy_with_logits(out.squeeze(-1), y)
+            total = F.binary_cross_entropy_with_logits(out.squeeze(-1), y, reduction="sum")
         elif self.task == "multiclass":
-            loss = F.cross_entropy(out, y.long())
+            total = F.cross_entropy(out, y.long(), reduction="sum")
         else:
-            loss = F.mse_loss(out.squeeze(-1), (y - self.target_mean) / self.target_std)
+            total = F.mse_loss(out.squeeze(-1), (y - self.target_mean) / self.target_std, reduction="sum")
+        loss = global_mean(total, len(y))  # over the global batch's labelled rows
         return {"loss": loss, "supervised": loss.detach()}

@@ -74,7 +74,7 @@ class ScoreOnComplete(tune.Callback):
         if found is not None:
             actor = ray.get_actor(self.actor_name, namespace="mlem_ray")
             submit(actor, trial.trial_id, trial.config, found, self.stage, self.method, self.swept, self.reseed_of,
-                   trial.local_path or "")
+                   trial.path or "")  # the storage dir: local_path is a staging copy
 
 
 def best_checkpoint(result):

@@ -1,0 +1,153 @@
+"""The main job on a real (local, 2-CPU) Ray instance: a two-stage sweep, its TensorBoard files,
+the leaderboard, the teacher hand-over, and an evaluation actor killed mid-sweep."""
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray")
+
+from mlem_ray.evaluation.actor import read_leaderboard  # noqa: E402
+from mlem_ray.sweep.pipeline import SweepSettings, pick_teacher, run_sweep  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+TINY = {
+    "stages": {
+        "teacher": {
+            "method": "coles",
+            "sweep": {"trials": 4, "scheduler": "asha", "grace_period": 1, "reduction_factor": 2, "epochs": 2,
+                      "finalists": 4},
+            "params": {"optim.lr": {"type": "log_float", "low": 1e-3, "high": 1e-2}, "model.hidden": 16,
+                       "data.batch_size": 16, "data.slice_min": 5, "data.slice_max": 20, "train.steps_per_epoch": 3},
+        },
+        "mlem": {
+            "method": "mlem",
+            "sweep": {"trials": 2, "scheduler": "asha", "grace_period": 1, "reduction_factor": 2, "epochs": 2,
+                      "finalists": 1},
+            "params": {"objective.w_align": {"type": "log_float", "low": 1.0, "high": 100.0}, "model.hidden": 16,
+                       "model.decoder_width": 16, "model.decoder_layers": 1, "data.batch_size": 16,
+                       "train.steps_per_epoch": 3},
+        },
+    }
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="mlem_ray")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from mlem_ray.data import pendulum, prepare, write_prepared
+    from mlem_ray.data.ingest import IngestSpec
+
+    events, targets = pendulum.generate(240, seed=5)
+    spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", task="regression",
+                      test_fraction=0.2, val_fraction=0.2)
+    path = tmp_path_factory.mktemp("data") / "p"
+    write_prepared(path, *prepare(events, spec, targets))
+    return path
+
+
+def space_file(tmp_path, doc=TINY):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def plugin_events(event_file):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for event in EventFileLoader(str(event_file)).Load():
+        for value in event.summary.value:
+            yield value.metadata.plugin_data.plugin_name, value.tag
+
+
+def test_two_stage_sweep_tensorboard_leaderboard_and_teacher(tmp_path, data):
+    out = tmp_path / "sweep"
+    summary = run_sweep(SweepSettings(out=str(out), data=str(data), space=str(space_file(tmp_path)), folds=2))
+    board = read_leaderboard(out)
+    teacher_rows = board[board["stage"] == "teacher"]
+    mlem_rows = board[board["stage"] == "mlem"]
+    # one row per completed trial, none twice
+    assert len(teacher_rows) == 4 and len(mlem_rows) == 2 and board["trial_id"].is_unique
+    trial_dirs = {p.name for p in (out / "teacher").iterdir() if p.is_dir()}
+    assert set(teacher_rows["trial_id"]) == trial_dirs
+    # TensorBoard: curves and HParams per trial, downstream metrics as an HParams run beside them
+    for trial in trial_dirs:
+        tags = [t for f in (out / "teacher" / trial).rglob("events.out.tfevents*") for t in plugin_events(f)]
+        plugins = {p for p, _ in tags}
+        assert "hparams" in plugins and "scalars" in plugins, plugins
+        assert any(t.endswith("val_loss") for _, t in tags)
+        downstream = [t for f in (out / "teacher" / trial / "downstream").rglob("events.out.tfevents*")
+                      for _, t in plugin_events(f)]
+        assert "downstream/tree_cv_mse_mean" in downstream
+    assert list((out / "tensorboard_leaderboard").glob("events.out.tfevents*"))
+    # the MLEM stage trained against the best-scored stage-1 checkpoint
+    teacher = json.loads((out / "teacher.json").read_text())
+    expected = pick_teacher(teacher_rows.to_dict("records"), finalists=4)
+    assert teacher["trial_id"] == expected["trial_id"]
+    assert teacher["primary_value"] == min(teacher_rows["primary_value"])
+    for ckpt in mlem_rows["checkpoint"]:
+        cfg = yaml.safe_load((Path(ckpt) / "config.yaml").read_text())
+        assert cfg["objective"]["teacher"] == teacher["checkpoint"]
+    assert summary["stages"]["mlem"]["best"]["trial_id"] in set(mlem_rows["trial_id"])
+
+
+def test_killing_the_evaluation_actor_mid_sweep_loses_no_row(tmp_path, data):
+    out = tmp_path / "sweep"
+    doc = {"method": "coles", **{k: v for k, v in TINY["stages"]["teacher"].items() if k != "method"}}
+    doc["sweep"] = {**doc["sweep"], "trials": 4}
+    killed = {}
+
+    def killer():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            board = read_leaderboard(out)
+            if len(board) >= 1:
+                actors = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("evaluator-")]
+                handle = ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"])
+                killed["pid_before"] = ray.get(handle.info.remote())["pid"]
+                killed["at_rows"] = len(read_leaderboard(out))
+                ray.kill(handle, no_restart=False)
+                # the restarted actor answers once the calls queued before this one are done
+                while time.time() < deadline:
+                    try:
+                        info = ray.get(handle.info.remote(), timeout=240)
+                    except ray.exceptions.RayActorError:
+                        continue
+                    if info["pid"] != killed["pid_before"]:
+                        killed["after"] = info
+                        return
+                    time.sleep(0.2)
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    run_sweep(SweepSettings(out=str(out), data=str(data), space=str(space_file(tmp_path, doc)), folds=2))
+    thread.join(timeout=240)
+    assert killed, "the actor was never killed (the sweep finished before any row was written?)"
+    board = read_leaderboard(out)
+    assert len(board) == 4 and board["trial_id"].is_unique
+    # a new process, which found the rows written before the kill on disk
+    assert "after" in killed, "the actor did not come back"
+    assert killed["after"]["restored_rows"] >= killed["at_rows"] >= 1
+
+
+def test_gpus_that_do_not_exist_are_refused_fast(tmp_path, data):
+    from mlem_ray.sweep.pipeline import SweepError
+
+    t0 = time.time()
+    with pytest.raises(SweepError, match="has 0 GPUs"):
+        run_sweep(SweepSettings(out=str(tmp_path / "s"), data=str(data), space=str(space_file(tmp_path)),
+                                gpus_per_worker=1))
+    assert time.time() - t0 < 30
+    assert not (tmp_path / "s" / "sweep.json").exists()
