@@ -108,12 +108,45 @@ def _pretrain(args) -> int:
         if not args.overwrite:
             raise UsageError(f"--out {out} already holds a run; pass --resume to continue it or --overwrite to start over")
         shutil.rmtree(out)
+    if args.workers < 1 or args.gpus_per_worker < 0:
+        raise UsageError("--workers must be >= 1 and --gpus-per-worker >= 0")
+    if args.workers > 1 or args.gpus_per_worker > 0:
+        return _pretrain_distributed(args, cfg, out, resume)
     print(f"pretraining {cfg.objective.method} on {args.data} -> {out}", flush=True)
     metrics = train(cfg, LocalReporter(out), resume=resume)
     if not metrics:
         print(f"{out}: already trained for {cfg.train.epochs} epochs; nothing to do")
     else:
         print(f"best checkpoint: {out / 'best'} (val_loss {metrics['best_val_loss']:.4g}); resume state: {out / 'last'}")
+    return 0
+
+
+def _pretrain_distributed(args, cfg, out: Path, resume) -> int:
+    """N DDP workers through Ray Train; best/ and last/ are copied out of the Train run."""
+    import shutil
+
+    import ray
+
+    from .training.ray_train import run_distributed
+    from .training.resources import check_gpus
+
+    # The dashboard's state API lets Train clean up placement groups of stopped runs (DESIGN.md).
+    ray.init(address=args.address or None, namespace="mlem_ray", ignore_reinit_error=True,
+             **({} if args.address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
+    check_gpus(args.gpus_per_worker, args.workers)
+    global_batch = cfg.data.batch_size * args.workers
+    print(f"pretraining {cfg.objective.method} on {args.data} with {args.workers} Ray Train workers "
+          f"(global batch {global_batch} sequences) -> {out}", flush=True)
+    result = run_distributed(cfg, args.workers, args.gpus_per_worker, out / "ray_train", name="run",
+                             cpus_per_worker=max(0.5, (ray.cluster_resources().get("CPU", 1) / args.workers)
+                                                 if not args.gpus_per_worker else 1.0), resume=resume)
+    best = min(result.best_checkpoints, key=lambda cm: cm[1].get("val_loss", float("inf")))[0]
+    for name, ckpt in (("best", best), ("last", result.checkpoint)):
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+        shutil.copytree(ckpt.path, out / name)
+    best_val = min(m.get("val_loss", float("inf")) for _, m in result.best_checkpoints)
+    print(f"best checkpoint: {out / 'best'} (val_loss {best_val:.4g}); resume state: {out / 'last'}")
     return 0
 
 
@@ -167,9 +200,12 @@ def _sweep(args) -> int:
 
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
+    if args.workers_per_trial < 1 or args.gpus_per_worker < 0:
+        raise UsageError("--workers-per-trial must be >= 1 and --gpus-per-worker >= 0")
     settings = SweepSettings(out=str(args.out), data=str(args.data or ""), space=str(args.space or ""),
                              trials=args.trials or 0, methods=list(_csv_list(args.methods)),
-                             gpus_per_worker=args.gpus_per_worker, sequences=args.sequences)
+                             gpus_per_worker=args.gpus_per_worker, workers_per_trial=args.workers_per_trial,
+                             sequences=args.sequences)
     run_sweep(settings, address=args.address, resume=args.resume)
     return 0
 
@@ -238,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. --set optim.lr=3e-3 (repeatable)")
     q.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     q.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    q.add_argument("--workers", type=int, default=1,
+                   help="DDP workers through Ray Train (default %(default)s: run inline, no Ray); the global batch is "
+                        "data.batch_size x workers")
+    q.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (default %(default)s)")
+    q.add_argument("--address", help="Ray cluster to join (auto or ray://...; default: start Ray in-process)")
     q.set_defaults(func=_pretrain)
 
     q = sub.add_parser("evaluate", help="downstream probes and embedding quality of a checkpoint")
@@ -266,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--address", help="Ray cluster to join: auto (a local `ray start`) or ray://host:10001 (default: start Ray in-process)")
     q.add_argument("--resume", action="store_true", help="continue the sweep in --out after an interruption")
     q.add_argument("--methods", help="also sweep these methods for comparison, e.g. generative,hybrid")
+    q.add_argument("--workers-per-trial", type=int, default=1,
+                   help="DDP workers per trial; > 1 runs each trial as a Ray Train TorchTrainer (default %(default)s: inline)")
     q.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per trial worker (default %(default)s: CPU)")
     q.add_argument("--sequences", type=int, default=2000, help="Pendulum size when no --data is given (default %(default)s)")
     q.set_defaults(func=_sweep)
@@ -287,10 +330,12 @@ def main(argv=None) -> int:
     from .sweep.report import ReportError
     from .sweep.space import SpaceError
     from .training.checkpoint import CheckpointError
+    from .training.resources import ResourceError
 
     try:
         return args.func(args)
-    except (DataError, UsageError, ConfigError, CheckpointError, SweepError, SpaceError, ReportError) as e:
+    except (DataError, UsageError, ConfigError, CheckpointError, SweepError, SpaceError, ReportError,
+            ResourceError) as e:
         print(f"mlem-ray {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:

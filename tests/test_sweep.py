@@ -143,10 +143,10 @@ def test_killing_the_evaluation_actor_mid_sweep_loses_no_row(tmp_path, data):
 
 
 def test_gpus_that_do_not_exist_are_refused_fast(tmp_path, data):
-    from mlem_ray.sweep.pipeline import SweepError
+    from mlem_ray.training.resources import ResourceError
 
     t0 = time.time()
-    with pytest.raises(SweepError, match="has 0 GPUs"):
+    with pytest.raises(ResourceError, match="the Ray cluster has 0"):
         run_sweep(SweepSettings(out=str(tmp_path / "s"), data=str(data), space=str(space_file(tmp_path)),
                                 gpus_per_worker=1))
     assert time.time() - t0 < 30

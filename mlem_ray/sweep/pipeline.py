@@ -48,6 +48,7 @@ class SweepSettings:
     trials: int = 0  # 0: each stage's own
     methods: list = field(default_factory=list)
     gpus_per_worker: float = 0.0
+    workers_per_trial: int = 1
     cpus_per_trial: float = 1.0
     folds: int = 5
     sequences: int = DEMO_SEQUENCES
@@ -143,14 +144,6 @@ def _init_ray(address: str | None):
              **({} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
 
 
-def check_gpus(gpus_per_worker: float, resources: dict) -> None:
-    """Fail fast: asking Ray for GPUs the cluster does not have waits forever."""
-    have = resources.get("GPU", 0.0)
-    if gpus_per_worker > 0 and have < gpus_per_worker:
-        raise SweepError(f"--gpus-per-worker {gpus_per_worker:g} but the Ray cluster has {have:g} GPUs; "
-                         "drop the flag to run on CPU or connect to a GPU cluster with --address")
-
-
 @dataclass
 class _Session:
     """What the stages of one sweep share once Ray is up."""
@@ -171,7 +164,13 @@ class _Session:
         return fixed
 
     def max_concurrent(self, stage: StageSpace) -> int:
-        return stage.sweep.max_concurrent or max(1, int((self.cpus - self.actor_cpus) // self.settings.cpus_per_trial))
+        per_trial = self.settings.cpus_per_trial
+        if self.settings.workers_per_trial > 1 or self.settings.gpus_per_worker:
+            per_trial = 0.5 + 0.5 * self.settings.workers_per_trial  # trial driver + workers (tuner.py)
+        return stage.sweep.max_concurrent or max(1, int((self.cpus - self.actor_cpus) // per_trial))
+
+    def stage_kwargs(self) -> dict:
+        return {"workers": self.settings.workers_per_trial, "gpus_per_worker": self.settings.gpus_per_worker}
 
 
 def _start(settings: SweepSettings, address: str | None) -> _Session:
@@ -179,9 +178,11 @@ def _start(settings: SweepSettings, address: str | None) -> _Session:
 
     from ..evaluation.actor import get_or_create_actor
 
+    from ..training.resources import check_gpus
+
     _init_ray(address)
     resources = ray.cluster_resources()
-    check_gpus(settings.gpus_per_worker, resources)
+    check_gpus(settings.gpus_per_worker, settings.workers_per_trial, resources)
     out = _prepare_out(settings)
     settings = SweepSettings(**json.loads((out / "sweep.json").read_text()))
     cpus = resources.get("CPU", 1.0)
@@ -208,7 +209,7 @@ def run_sweep(settings: SweepSettings, address: str | None = None, resume: bool 
         print(f"\n== stage {name}: {stage.method}, {settings.trials or stage.sweep.trials} trials, "
               f"{max_concurrent} at a time ==", flush=True)
         rows = run_stage(name, stage, out, stage_fixed, session.actor, session.actor_name, settings.cpus_per_trial,
-                         max_concurrent, resume=resume, trials=settings.trials or None)
+                         max_concurrent, resume=resume, trials=settings.trials or None, **session.stage_kwargs())
         best = _best(rows)
         summary["stages"][name] = {"method": stage.method, "scored": len(rows), "best": best}
         if name == "teacher" and space.is_two_stage:
@@ -246,7 +247,7 @@ def reseed_best(out, seeds=(1, 2), address: str | None = None) -> list[dict]:
         rows += run_stage(f"{name}_reseed_{best['trial_id']}", stage, session.out, session.fixed(name, space.is_two_stage),
                           session.actor, session.actor_name, settings.cpus_per_trial, session.max_concurrent(stage),
                           resume=True, param_space={**params, "train.seed": tune.grid_search(list(seeds))},
-                          reseed_of=best["trial_id"], row_stage=name)
+                          reseed_of=best["trial_id"], row_stage=name, **session.stage_kwargs())
     return rows
 
 

@@ -31,6 +31,14 @@ class TrialSettings:
     fixed: dict  # data path, teacher, threads: set by the pipeline, not swept
     epochs: int
     cpus_per_trial: float = 1.0
+    workers: int = 1  # > 1 (or GPUs): the trial drives a TorchTrainer of that many DDP workers
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 0.5
+    train_storage: str = ""  # where those Train runs keep their checkpoints
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers > 1 or self.gpus_per_worker > 0
 
 
 class TuneReporter:
@@ -53,6 +61,17 @@ def trial_overrides(settings: TrialSettings, sampled: dict) -> dict:
 def run_trial(sampled: dict, settings: TrialSettings) -> None:
     """The Tune function trainable."""
     cfg = make_config(settings.method, trial_overrides(settings, sampled))
+    if settings.distributed:
+        # Train V2 inside a Tune trial: the workers' reports reach Tune through
+        # TuneReportCallback (rank 0's metrics plus a checkpoint_path metric).
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from ..training.ray_train import run_distributed
+
+        run_distributed(cfg, settings.workers, settings.gpus_per_worker, Path(settings.train_storage),
+                        name=tune.get_context().get_trial_id(), cpus_per_worker=settings.cpus_per_worker,
+                        callbacks=[TuneReportCallback()])
+        return
     resume = None
     checkpoint = tune.get_checkpoint()  # set when Tune restores an interrupted trial
     if checkpoint is not None:
@@ -71,6 +90,8 @@ class ScoreOnComplete(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         found = best_checkpoint(trial.run_metadata.checkpoint_manager.best_checkpoint_result)
+        if found is None and trial.local_path:  # a multi-worker trial: checkpoints live in its Train run
+            found = best_reported_path(_read_results(Path(trial.local_path) / "result.json"))
         if found is not None:
             actor = ray.get_actor(self.actor_name, namespace="mlem_ray")
             submit(actor, trial.trial_id, trial.config, found, self.stage, self.method, self.swept, self.reseed_of,
@@ -84,6 +105,23 @@ def best_checkpoint(result):
     return result.checkpoint.path, float(result.metrics.get("val_loss", math.nan))
 
 
+def best_reported_path(rows) -> tuple[str, float] | None:
+    """(checkpoint_path, val_loss) of the best reported epoch that carried a checkpoint."""
+    with_ckpt = [r for r in rows if isinstance(r.get("checkpoint_path"), str) and r.get("val_loss") is not None]
+    if not with_ckpt:
+        return None
+    best = min(with_ckpt, key=lambda r: float(r["val_loss"]))
+    return best["checkpoint_path"], float(best["val_loss"])
+
+
+def _read_results(path: Path) -> list[dict]:
+    import json
+
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def submit(actor, trial_id, config, found, stage, method, swept, reseed_of="", trial_dir=""):
     path, val_loss = found
     params = {k: config[k] for k in swept if k in config}
@@ -93,13 +131,16 @@ def submit(actor, trial_id, config, found, stage, method, swept, reseed_of="", t
 
 def run_stage(name: str, stage: StageSpace, out: Path, fixed: dict, actor, actor_name: str, cpus_per_trial: float,
               max_concurrent: int, resume: bool, trials: int | None = None, param_space: dict | None = None,
-              reseed_of: str = "", row_stage: str = "") -> list[dict]:
+              reseed_of: str = "", row_stage: str = "", workers: int = 1, gpus_per_worker: float = 0.0) -> list[dict]:
     """Run (or resume) one stage's Tune experiment in `out/name` and wait until every completed
     trial is on the leaderboard. -> the stage's leaderboard rows. `param_space` replaces the search
     (used to re-run one config with other seeds; its rows are labelled `row_stage`)."""
     row_stage = row_stage or name
-    settings = TrialSettings(stage.method, dict(stage.constants), dict(fixed), stage.sweep.epochs, cpus_per_trial)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"cpu": cpus_per_trial})
+    settings = TrialSettings(stage.method, dict(stage.constants), dict(fixed), stage.sweep.epochs, cpus_per_trial,
+                             workers, gpus_per_worker, train_storage=str((out / f"{name}_train").resolve()))
+    # A distributed trial's own process only drives the TorchTrainer; its workers hold the resources.
+    driver_cpus = 0.5 if settings.distributed else cpus_per_trial
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"cpu": driver_cpus})
     swept = list(stage.params) + (["train.seed"] if param_space else [])
     callback = ScoreOnComplete(actor_name, row_stage, stage.method, swept, reseed_of)
     experiment = (out / name).resolve()
@@ -137,6 +178,8 @@ def run_stage(name: str, stage: StageSpace, out: Path, fixed: dict, actor, actor
             continue
         kept = [r for r in (result.best_checkpoints or [])]
         found = min(((c.path, float(m.get("val_loss", math.inf))) for c, m in kept), key=lambda x: x[1], default=None)
+        if found is None and result.metrics_dataframe is not None:
+            found = best_reported_path(result.metrics_dataframe.to_dict("records"))
         if found is not None:
             refs.append(submit(actor, result.metrics.get("trial_id") or Path(result.path).name, result.config, found,
                                row_stage, stage.method, swept, reseed_of, result.path))

@@ -23,6 +23,7 @@ from .loop import Runtime, train
 FAIL_ONCE_MARKER = "fail_once_at_epoch"
 
 
+
 class TrainReporter:
     def report(self, metrics: dict, checkpoint: Path | None) -> None:
         flat = {k: (int(v) if isinstance(v, bool) else float(v)) for k, v in metrics.items()
@@ -33,14 +34,18 @@ class TrainReporter:
 
 def _fail_once(marker_dir: str, epoch_to_fail: int):
     """Test hook: raise in rank 0 at the start of `epoch_to_fail`, the first time only (a marker
-    file on shared disk remembers it across the restart)."""
+    file on shared disk remembers it across the restart); logs every epoch start to
+    `epochs_started` beside it."""
     marker = Path(marker_dir) / "failed_once"
 
     def hook(epoch, step, batch):
-        if epoch == epoch_to_fail and step == 0 and not marker.exists() and ray.train.get_context().get_world_rank() == 0:
+        if step == 0 and ray.train.get_context().get_world_rank() == 0:
             marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(str(epoch))
-            raise RuntimeError(f"injected worker failure at epoch {epoch}")
+            with open(marker.with_name("epochs_started"), "a") as f:
+                f.write(f"{epoch}\n")
+            if epoch == epoch_to_fail and not marker.exists():
+                marker.write_text(str(epoch))
+                raise RuntimeError(f"injected worker failure at epoch {epoch}")
         return batch
 
     return hook

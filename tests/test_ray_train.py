@@ -1,0 +1,85 @@
+"""Ray Train around the one loop: a worker failure restarts from the last checkpoint, GPUs that
+do not exist are refused fast, and 2-worker trials run under Tune with ASHA stopping some."""
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from mlem_ray.cli import main  # noqa: E402
+from mlem_ray.config import make_config  # noqa: E402
+from mlem_ray.data import pendulum, prepare, write_prepared  # noqa: E402
+from mlem_ray.data.ingest import IngestSpec  # noqa: E402
+from mlem_ray.evaluation.actor import read_leaderboard  # noqa: E402
+from mlem_ray.training import load_encoder  # noqa: E402
+
+pytestmark = pytest.mark.ray
+SMALL = {"model.hidden": 16, "data.batch_size": 8, "data.slice_min": 5, "data.slice_max": 20,
+         "train.steps_per_epoch": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", namespace="mlem_ray")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    events, targets = pendulum.generate(160, seed=2)
+    spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", task="regression",
+                      test_fraction=0.2, val_fraction=0.2)
+    path = tmp_path_factory.mktemp("rt") / "p"
+    write_prepared(path, *prepare(events, spec, targets))
+    return path
+
+
+def test_a_failed_worker_restarts_from_the_last_checkpoint(data, tmp_path):
+    from mlem_ray.training.ray_train import run_distributed
+
+    cfg = make_config("coles", {**SMALL, "data.path": str(data), "train.epochs": 4})
+    result = run_distributed(cfg, workers=2, gpus_per_worker=0, storage=tmp_path / "train", name="ft",
+                             cpus_per_worker=0.5, max_failures=1,
+                             extra={"fail_once_at_epoch": 2, "marker_dir": str(tmp_path / "markers")})
+    assert (tmp_path / "markers" / "failed_once").read_text() == "2"
+    started = (tmp_path / "markers" / "epochs_started").read_text().split()
+    assert started == ["0", "1", "2", "2", "3"]  # epoch 2 re-run after the restart, 0 and 1 not
+    assert result.metrics["epoch"] == 3
+    encoder, ckpt = load_encoder(result.checkpoint.path)
+    assert ckpt.state["trainer"]["epoch"] == 3 and encoder.out_dim == 16
+
+
+def test_gpus_that_do_not_exist_are_refused_within_30s(data, tmp_path, capsys):
+    t0 = time.time()
+    code = main(["pretrain", "--data", str(data), "--method", "coles", "--workers", "2", "--gpus-per-worker", "1",
+                 "--out", str(tmp_path / "g")])
+    assert code == 2 and time.time() - t0 < 30
+    err = capsys.readouterr().err
+    assert "the Ray cluster has 0" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "g").exists()
+
+
+def test_two_worker_trials_under_tune_with_asha(data, tmp_path):
+    import yaml
+
+    from mlem_ray.sweep.pipeline import SweepSettings, run_sweep
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "method": "coles",
+        "sweep": {"trials": 3, "max_concurrent": 1, "scheduler": "asha", "grace_period": 1, "reduction_factor": 2,
+                  "epochs": 3, "seed": 1, "finalists": 1},
+        "params": {"optim.lr": {"type": "log_float", "low": 1e-4, "high": 3e-2}, **SMALL},
+    }))
+    out = tmp_path / "sweep"
+    run_sweep(SweepSettings(out=str(out), data=str(data), space=str(space), workers_per_trial=2, folds=2))
+    board = read_leaderboard(out)
+    assert len(board) == 3 and board["trial_id"].is_unique  # every trial started, finished and was scored
+    iterations = {p.name: len((p / "result.json").read_text().splitlines())
+                  for p in (out / "coles").iterdir() if (p / "result.json").exists()}
+    assert len(iterations) == 3
+    assert min(iterations.values()) < 3 <= max(iterations.values())  # ASHA stopped one, others ran on
+    for ckpt in board["checkpoint"]:
+        assert Path(ckpt, "model.pt").exists()
