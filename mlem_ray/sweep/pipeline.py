@@ -27,6 +27,10 @@ from ..config import ConfigError
 from ..data.schema import DataError
 from .space import SearchSpace, StageSpace
 
+# Each epoch checkpoints, so Tune's snapshot-frequency warning would fire on every small trial
+# (set before ray.tune is imported).
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
 DEFAULT_SPACE = "quick.yaml"
 DEMO_SEQUENCES = 2000
 
@@ -139,7 +143,6 @@ def _init_ray(address: str | None):
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "0")
     ray.init(address=address or None, namespace="mlem_ray", log_to_driver=True,
              **({} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
 

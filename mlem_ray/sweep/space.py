@@ -94,8 +94,9 @@ class SweepSettings:
     epochs: int = 10  # max epochs per trial (sets train.epochs)
     metric: str = "val_loss"
     mode: str = "min"  # min | max
-    seed: int = 0  # TPE sampler seed
+    seed: int = 0  # sampler seed
     finalists: int = 3  # best trials handed to downstream evaluation
+    search: str = "tpe"  # tpe (multivariate) | random (the baseline of benchmarks/sweep_efficiency.py)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -108,6 +109,8 @@ class SweepSettings:
                           ("finalists", 1), ("max_concurrent", 0)):
             if getattr(self, name) < low:
                 raise SpaceError(f"sweep.{name} must be >= {low}, got {getattr(self, name)}")
+        if self.search not in ("tpe", "random"):
+            raise SpaceError(f"sweep.search must be tpe or random, got {self.search!r}")
         if self.scheduler not in ("asha", "none"):
             raise SpaceError(f"sweep.scheduler must be asha or none, got {self.scheduler!r}")
         if self.mode not in ("min", "max"):
@@ -190,13 +193,14 @@ class StageSpace:
         return make_config(self.method, self.overrides(sampled), base=base)
 
     def searcher(self, seed: int | None = None):
-        """A seeded multivariate-TPE ``OptunaSearch`` over this stage's params."""
+        """A seeded ``OptunaSearch`` over this stage's params: multivariate TPE, or random sampling."""
         from ray.tune.search.optuna import OptunaSearch
 
+        seed = self.sweep.seed if seed is None else seed
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(seed=self.sweep.seed if seed is None else seed,
-                                                 multivariate=True)
+            sampler = (optuna.samplers.TPESampler(seed=seed, multivariate=True) if self.sweep.search == "tpe"
+                       else optuna.samplers.RandomSampler(seed=seed))
         return OptunaSearch(space=self.optuna_space(), metric=self.sweep.metric, mode=self.sweep.mode,
                             sampler=sampler)
 
