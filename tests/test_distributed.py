@@ -1,18 +1,15 @@
 """Data-parallel training equals single-process training on the global batch: 2 gloo ranks x B
 sequences give the same first-step loss AND gradients as 1 process x 2B (CoLES, MLEM)."""
-import os
 import socket
 
-import numpy as np
 import pytest
+from conftest import make_pendulum
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mlem_ray.config import make_config
-from mlem_ray.data import EventSequences, prepare, write_prepared
-from mlem_ray.data import pendulum
-from mlem_ray.data.ingest import IngestSpec
+from mlem_ray.data import EventSequences
 from mlem_ray.training import LocalReporter, train
 from mlem_ray.training.loop import Runtime, _batches, build_training_objective
 
@@ -24,12 +21,7 @@ COMMON = {"model.hidden": 16, "model.decoder_width": 16, "model.decoder_layers":
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    events, targets = pendulum.generate(120, seed=11)
-    spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", task="regression",
-                      test_fraction=0.1, val_fraction=0.1)
-    path = tmp_path_factory.mktemp("ddp") / "p"
-    write_prepared(path, *prepare(events, spec, targets))
-    return path
+    return make_pendulum(tmp_path_factory.mktemp("ddp") / "p", 120, seed=11, test_fraction=0.1, val_fraction=0.1)
 
 
 @pytest.fixture(scope="module")

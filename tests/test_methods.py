@@ -6,14 +6,13 @@ import math
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import make_pendulum
 import torch
 
 from mlem_ray.cli import main
 from mlem_ray.config import ConfigError, make_config, parse_overrides
-from mlem_ray.data import FullCollator, EventSequences, prepare, write_prepared
-from mlem_ray.data import pendulum
+from mlem_ray.data import FullCollator, EventSequences
 from mlem_ray.data.batching import PaddedBatch
-from mlem_ray.data.ingest import IngestSpec
 from mlem_ray.models.build import build_encoder
 from mlem_ray.objectives import InfoNCELoss, MarginLoss, ReconstructionLoss, SigLIPLoss
 from mlem_ray.training import LocalReporter, NonFiniteLossError, train
@@ -86,12 +85,7 @@ def test_reconstruction_masks_padding_and_nan_but_keeps_zeros():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    events, targets = pendulum.generate(240, seed=3)
-    spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", task="regression",
-                      test_fraction=0.2, val_fraction=0.2)
-    path = tmp_path_factory.mktemp("tiny") / "p"
-    write_prepared(path, *prepare(events, spec, targets))
-    return path
+    return make_pendulum(tmp_path_factory.mktemp("tiny") / "p", 240, seed=3)
 
 
 SMALL = {"model.hidden": 16, "model.decoder_width": 16, "model.decoder_layers": 1, "model.decoder_ff": 32,

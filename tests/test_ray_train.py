@@ -4,13 +4,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_pendulum
 
 ray = pytest.importorskip("ray")
 
 from mlem_ray.cli import main  # noqa: E402
 from mlem_ray.config import make_config  # noqa: E402
-from mlem_ray.data import pendulum, prepare, write_prepared  # noqa: E402
-from mlem_ray.data.ingest import IngestSpec  # noqa: E402
 from mlem_ray.evaluation.actor import read_leaderboard  # noqa: E402
 from mlem_ray.training import load_encoder  # noqa: E402
 
@@ -28,12 +27,7 @@ def ray_instance():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    events, targets = pendulum.generate(160, seed=2)
-    spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", task="regression",
-                      test_fraction=0.2, val_fraction=0.2)
-    path = tmp_path_factory.mktemp("rt") / "p"
-    write_prepared(path, *prepare(events, spec, targets))
-    return path
+    return make_pendulum(tmp_path_factory.mktemp("rt") / "p", 160, seed=2)
 
 
 def test_a_failed_worker_restarts_from_the_last_checkpoint(data, tmp_path):

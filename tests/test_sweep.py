@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_pendulum
 import yaml
 
 ray = pytest.importorskip("ray")
@@ -45,15 +46,7 @@ def ray_instance():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from mlem_ray.data import pendulum, prepare, write_prepared
-    from mlem_ray.data.ingest import IngestSpec
-
-    events, targets = pendulum.generate(240, seed=5)
-    spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", task="regression",
-                      test_fraction=0.2, val_fraction=0.2)
-    path = tmp_path_factory.mktemp("data") / "p"
-    write_prepared(path, *prepare(events, spec, targets))
-    return path
+    return make_pendulum(tmp_path_factory.mktemp("data") / "p", 240, seed=5)
 
 
 def space_file(tmp_path, doc=TINY):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from ..data.prepared import EventSequences
 from ..data.schema import DataError
 from ..training.checkpoint import load_encoder
@@ -36,7 +34,8 @@ def evaluate_checkpoint(checkpoint, data, kinds=("tree", "linear"), folds: int =
         primary = primary or (scores["primary_metric"], scores["primary_mode"])  # the first kind (tree) leads
         result.update(scores)
     result["primary_metric"], result["primary_mode"] = primary
-    all_emb = embed_rows(encoder, seqs, seqs.indices(), max_len, device=device)
+    everything = seqs.indices()
+    all_emb = emb if len(rows) == len(everything) else embed_rows(encoder, seqs, everything, max_len, device=device)
     result["anisotropy"] = anisotropy(all_emb)
     result["intrinsic_dim"] = intrinsic_dimension(all_emb, seed=seed)
     if robustness:

@@ -23,7 +23,6 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..config import ConfigError
 from ..data.schema import DataError
 from .space import SearchSpace, StageSpace
 
@@ -176,6 +175,35 @@ class _Session:
         return {"workers": self.settings.workers_per_trial, "gpus_per_worker": self.settings.gpus_per_worker}
 
 
+def check_storage_reachable(out: Path, timeout_s: float = 60.0) -> None:
+    """Every alive node must see the sweep directory: trials write checkpoints there and the
+    evaluation actor reads them. A node that cannot (no shared storage) is refused up front with a
+    clear message instead of trials failing or hanging later."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = out / ".storage_probe"
+    probe.write_text(str(os.getpid()))
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str, token: str) -> bool:
+        p = Path(path)
+        return p.exists() and p.read_text() == token
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = {n["NodeID"]: sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(str(probe), str(os.getpid())) for n in nodes}
+    try:
+        blind = [f"{n[:8]}" for n, ok in zip(refs, ray.get(list(refs.values()), timeout=timeout_s)) if not ok]
+    except ray.exceptions.GetTimeoutError:
+        raise SweepError(f"could not check within {timeout_s:.0f} s that every Ray node sees --out {out}") from None
+    finally:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise SweepError(f"--out {out} is not visible from Ray node(s) {', '.join(blind)}: on a multi-node cluster "
+                         "--out must be shared storage (an NFS mount at the same path on every node)")
+
+
 def _start(settings: SweepSettings, address: str | None) -> _Session:
     import ray
 
@@ -186,6 +214,16 @@ def _start(settings: SweepSettings, address: str | None) -> _Session:
     _init_ray(address)
     resources = ray.cluster_resources()
     check_gpus(settings.gpus_per_worker, settings.workers_per_trial, resources)
+    if len([n for n in ray.nodes() if n.get("Alive")]) > 1:
+        out = Path(settings.out)
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            check_storage_reachable(out)
+        except SweepError:
+            if created:
+                shutil.rmtree(out, ignore_errors=True)  # leave nothing behind a refused start
+            raise
     out = _prepare_out(settings)
     settings = SweepSettings(**json.loads((out / "sweep.json").read_text()))
     cpus = resources.get("CPU", 1.0)

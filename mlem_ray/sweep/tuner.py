@@ -42,11 +42,15 @@ class TrialSettings:
 
 
 class TuneReporter:
-    """Reporter for the training loop inside a Tune trial."""
+    """Reporter for the training loop inside a Tune trial. Adds the Ray node the trial ran on."""
+
+    def __init__(self):
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def report(self, metrics: dict, checkpoint: Path | None) -> None:
         flat = {k: (float(v) if not isinstance(v, bool) else int(v)) for k, v in metrics.items()
                 if isinstance(v, _REPORTED_KINDS) and (not isinstance(v, float) or math.isfinite(v))}
+        flat["node_id"] = self.node_id
         if checkpoint is not None:
             tune.report(flat, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
         else:
