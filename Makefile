@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # whereas an unpinned requirement would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test cluster-test bench clean
 
 $(BIN)/mlem-ray: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q tests
+
+# A real two-node local Ray cluster (ray start --head + a second node), a sweep submitted as a job.
+cluster-test: venv
+	$(BIN)/python -m pytest -q tests/test_multinode.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -197,6 +197,8 @@ def check_storage_reachable(out: Path, timeout_s: float = 60.0) -> None:
         blind = [f"{n[:8]}" for n, ok in zip(refs, ray.get(list(refs.values()), timeout=timeout_s)) if not ok]
     except ray.exceptions.GetTimeoutError:
         raise SweepError(f"could not check within {timeout_s:.0f} s that every Ray node sees --out {out}") from None
+    except ray.exceptions.RayError as e:  # a node died, or its runtime env failed to set up
+        raise SweepError(f"could not check that every Ray node sees --out {out}: {type(e).__name__}") from None
     finally:
         probe.unlink(missing_ok=True)
     if blind:

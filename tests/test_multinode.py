@@ -1,0 +1,320 @@
+"""A real two-node Ray cluster on this machine: `ray start --head` plus a second `ray start --address`
+node (one CPU each), a sweep submitted with `ray job submit --working-dir .`, and a refused --out.
+
+The worker node runs in its own mount namespace (`unshare --mount`) with a tmpfs over one directory,
+`<base>/hidden`: everything else is shared storage to it, that directory is not. So one cluster
+checks both that a sweep's trials spread over both nodes (the `node_id` each trial reported) and that
+an --out the worker node cannot see is refused at once with the one-line message and exit code 2.
+
+Scoped teardown: `ray stop` cannot be limited to one cluster (it kills every Ray process on the
+machine by name, other people's included), so each node runs `ray start --block` as a child of this
+test and is stopped with SIGTERM to that process (it then stops its own GCS, raylet, dashboard and
+workers), followed by SIGKILL for any of its descendants still alive. Ports are picked free at
+start-up and each node has its own --temp-dir, so the cluster is invisible to `--address auto` and
+clashes with no other Ray instance.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RAY = BIN / "ray"
+SEQUENCES = "200"
+SPACE = {
+    "method": "coles",
+    "sweep": {"trials": 4, "max_concurrent": 2, "scheduler": "none", "epochs": 2, "finalists": 4},
+    "params": {"optim.lr": {"type": "log_float", "low": 1e-3, "high": 1e-2}, "model.hidden": 16,
+               "data.batch_size": 16, "data.slice_min": 5, "data.slice_max": 20, "train.steps_per_epoch": 3},
+}
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+REFUSED = "is not visible from Ray node"
+
+if not sys.platform.startswith("linux") or not RAY.exists():
+    pytest.skip("needs Linux and the venv's `ray` command", allow_module_level=True)
+
+
+def _can_unshare() -> bool:
+    """A private mount namespace with a tmpfs mount in it (root, or a user namespace)."""
+    if not shutil.which("unshare"):
+        return False
+    with tempfile.TemporaryDirectory() as d:
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs tmpfs "$0"', d]
+        try:
+            return subprocess.run(cmd, capture_output=True, timeout=20).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _proc_start(pid: int) -> str | None:
+    """The process's start time (field 22 of /proc/PID/stat): guards against a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            start = _proc_start(child)
+            if start is not None:
+                found.append((child, start))
+                todo.append(child)
+    return found
+
+
+@dataclass
+class Node:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM to `ray start --block` (it stops its own processes), then SIGKILL what is left."""
+        procs = [(self.proc.pid, _proc_start(self.proc.pid))] + _descendants(self.proc.pid)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid, start in procs:
+            if start is not None and _proc_start(pid) == start:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=10)
+
+
+@dataclass
+class Cluster:
+    base: Path
+    env: dict
+    gcs: str  # host:port of the head's GCS (for --address)
+    dashboard: str  # http://127.0.0.1:PORT (jobs API)
+    hidden: Path | None  # a directory the worker node cannot see (None: unshare unavailable)
+    nodes: list
+    head_id: str = ""
+    worker_id: str = ""
+
+    def ray(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([str(RAY), *args], env=self.env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def alive_nodes(self) -> list[dict]:
+        r = self.ray("list", "nodes", "--address", self.dashboard, "--format", "json")
+        if r.returncode != 0:
+            return []
+        try:
+            return [n for n in json.loads(r.stdout) if n.get("state") == "ALIVE"]
+        except json.JSONDecodeError:
+            return []
+
+    def submit(self, submission_id: str, *sweep_args: str) -> None:
+        r = self.ray("job", "submit", "--address", self.dashboard, "--working-dir", str(ROOT),
+                     "--runtime-env", str(ROOT / "cluster" / "runtime_env.yaml"), "--submission-id", submission_id,
+                     "--no-wait", "--", "python", "-m", "mlem_ray", "sweep", *sweep_args, timeout=120)
+        assert r.returncode == 0, f"ray job submit failed:\n{r.stdout}\n{r.stderr}"
+
+    def status(self, submission_id: str) -> tuple[str, str]:
+        """(PENDING|RUNNING|SUCCEEDED|FAILED|STOPPED|?, the command's output)."""
+        r = self.ray("job", "status", "--address", self.dashboard, submission_id)
+        text = r.stdout + r.stderr
+        for pattern, status in ((r"Job '[^']*' succeeded", "SUCCEEDED"), (r"Job '[^']*' failed", "FAILED"),
+                                (r"Job '[^']*' was stopped", "STOPPED")):
+            if re.search(pattern, text):
+                return status, text
+        m = re.search(r"Status for job '[^']*': (?:JobStatus\.)?(\w+)", text)
+        return (m.group(1) if m else "?"), text
+
+    def wait(self, submission_id: str, timeout: float) -> tuple[str, str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            status, text = self.status(submission_id)
+            if status in TERMINAL or time.monotonic() > deadline:
+                return status, text
+            time.sleep(3)
+
+    def logs(self, submission_id: str) -> str:
+        r = self.ray("job", "logs", "--address", self.dashboard, submission_id)
+        return r.stdout + r.stderr
+
+
+def _start_node(name: str, args: list[str], env: dict, log: Path, hidden: Path | None = None) -> Node:
+    cmd = [str(RAY), "start", "--block", "--disable-usage-stats", "--num-cpus", "1",
+           "--object-store-memory", str(200 * 1024 * 1024), "--min-worker-port", "0", "--max-worker-port", "0", *args]
+    if hidden is not None:
+        # unshare execs sh, sh execs ray: the Popen pid is `ray start` itself, in a namespace where
+        # `hidden` is an empty tmpfs (the mount goes away with the namespace).
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+               'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hidden), *cmd]
+    out = open(log, "wb")
+    try:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        out.close()
+    return Node(name, proc, log)
+
+
+def _wait_until(check, timeout: float, what: str, nodes: list[Node]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for node in nodes:
+            if node.proc.poll() is not None:
+                pytest.fail(f"{node.name} node exited ({node.proc.returncode}) while waiting for {what}:\n{node.tail()}")
+        if check():
+            return
+        time.sleep(2)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n" + "\n".join(n.tail() for n in nodes))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Short path: Ray's unix sockets live under --temp-dir (108-byte limit).
+    base = Path(tempfile.mkdtemp(prefix="mlem-mn-", dir="/tmp"))
+    hidden = base / "hidden" if _can_unshare() else None
+    if hidden is not None:
+        hidden.mkdir()
+    gcs_port, dash_port, client_port, agent_head, agent_worker = _free_ports(5)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    for var in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(var, None)
+    c = Cluster(base, env, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", hidden, [])
+    t0 = time.monotonic()
+    try:
+        head = _start_node("head", ["--head", "--port", str(gcs_port), "--dashboard-host", "127.0.0.1",
+                                    "--dashboard-port", str(dash_port), "--ray-client-server-port", str(client_port),
+                                    "--dashboard-agent-listen-port", str(agent_head), "--temp-dir", str(base / "h")],
+                           env, base / "head.log")
+        c.nodes.append(head)
+        _wait_until(lambda: len(c.alive_nodes()) == 1, 90, "the head node", c.nodes)
+        worker = _start_node("worker", ["--address", c.gcs, "--dashboard-agent-listen-port", str(agent_worker),
+                                        "--resources", json.dumps({"node2": 1}), "--temp-dir", str(base / "w")],
+                             env, base / "worker.log", hidden=hidden)
+        c.nodes.append(worker)
+        _wait_until(lambda: len(c.alive_nodes()) == 2, 90, "the worker node", c.nodes)
+        nodes = c.alive_nodes()
+        c.head_id = next(n["node_id"] for n in nodes if n["is_head_node"])
+        c.worker_id = next(n["node_id"] for n in nodes if not n["is_head_node"])
+        print(f"\ncluster up in {time.monotonic() - t0:.0f} s: head {c.head_id}, worker {c.worker_id}"
+              f"{'' if hidden else ' (no unshare: worker sees every path)'}")
+        yield c
+    finally:
+        for node in reversed(c.nodes):
+            node.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _space(tmp_path: Path) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(SPACE))
+    return path
+
+
+def test_sweep_job_spreads_trials_over_both_nodes(cluster, tmp_path):
+    out = tmp_path / "sweep"
+    t0 = time.monotonic()
+    cluster.submit("mlem-mn-sweep", "--out", str(out), "--space", str(_space(tmp_path)), "--sequences", SEQUENCES)
+    status, text = cluster.wait("mlem-mn-sweep", timeout=240)
+    if status != "SUCCEEDED":
+        pytest.fail(f"job ended {status}:\n{text}\n--- ray job logs ---\n{cluster.logs('mlem-mn-sweep')}")
+    print(f"job SUCCEEDED in {time.monotonic() - t0:.0f} s")
+
+    import pandas as pd
+
+    board = pd.read_parquet(out / "leaderboard.parquet")
+    trials = sorted(p.parent for p in (out / "coles").glob("*/result.json"))
+    assert len(trials) == SPACE["sweep"]["trials"]
+    assert len(board) == len(trials) and board["trial_id"].is_unique
+    assert set(board["trial_id"]) == {t.name for t in trials}
+
+    node_of = {}
+    for trial in trials:
+        events = list(trial.glob("events.out.tfevents.*"))
+        assert events and all(e.stat().st_size > 0 for e in events), f"no TensorBoard file in {trial}"
+        rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+        assert len(rows) == SPACE["sweep"]["epochs"]
+        ids = {r["node_id"] for r in rows}
+        assert len(ids) == 1, f"trial {trial.name} reported from several nodes: {ids}"
+        node_of[trial.name] = ids.pop()
+    for trial, node in sorted(node_of.items()):
+        print(f"trial {trial}: node {node[:8]} ({'head' if node == cluster.head_id else 'worker'})")
+    assert set(node_of.values()) == {cluster.head_id, cluster.worker_id}
+
+
+def test_out_the_worker_cannot_see_is_refused(cluster, tmp_path):
+    if cluster.hidden is None:
+        pytest.skip("`unshare --mount` with a tmpfs mount is not permitted here: no node-private directory")
+    space = _space(tmp_path)
+    out = cluster.hidden / "sweep"
+    t0 = time.monotonic()
+    cluster.submit("mlem-mn-hidden", "--out", str(out), "--space", str(space), "--sequences", SEQUENCES)
+    status, text = cluster.wait("mlem-mn-hidden", timeout=90)
+    logs = cluster.logs("mlem-mn-hidden")
+    assert status == "FAILED", f"job ended {status}:\n{text}\n--- ray job logs ---\n{logs}"
+    print(f"job FAILED in {time.monotonic() - t0:.0f} s")
+    refusal = [line for line in logs.splitlines() if REFUSED in line]
+    assert refusal and cluster.worker_id[:8] in refusal[0] and cluster.head_id[:8] not in refusal[0], logs
+    assert "exit code 2" in text, text
+    print(refusal[0])
+    assert not out.exists()  # a refused start leaves nothing behind
+
+    # The same from a driver outside the cluster (`--address`): exit code 2, one line, in well under 90 s.
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "mlem_ray", "sweep", "--address", cluster.gcs, "--out", str(out),
+                        "--space", str(space), "--sequences", SEQUENCES],
+                       env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert REFUSED in r.stderr and "Traceback" not in r.stderr, r.stderr
+    print(f"direct driver: exit code {r.returncode} in {time.monotonic() - t0:.0f} s")
+    assert not out.exists()
