@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # whereas an unpinned requirement would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test cluster-test bench clean
+.PHONY: venv demo test cluster-test clean
 
 $(BIN)/mlem-ray: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

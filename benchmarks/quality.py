@@ -51,7 +51,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--work", type=Path, default=None, help="reuse this folder's data and CoLES runs")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                    help="a subset for a quick look (mlem needs coles runs in --work); only a full run "
+                         "writes benchmarks/results/")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="mlem_quality_"))
     data = work / "pendulum"
@@ -63,9 +66,9 @@ def main() -> None:
     seqs = EventSequences.open(data)
     floor = mean_predictor_mse(seqs.targets[seqs.labelled()], seqs.split[seqs.labelled()])
     print(f"data: {len(seqs)} sequences, test {seqs.schema.counts['test']}; mean predictor test MSE {floor:.3f}", flush=True)
-    results: dict = {m: [] for m in METHODS}
+    results: dict = {m: [] for m in args.methods}
     for seed in args.seeds:
-        for method in METHODS:
+        for method in args.methods:
             t0 = time.time()
             settings = {**model_settings(args.hidden), "data.path": str(data), "train.seed": seed}
             if method == "random":
@@ -90,6 +93,8 @@ def main() -> None:
             results[method].append(row)
             print(f"seed {seed} {method:<10} test MSE {row['mse']:.3f}  R2 {row['r2']:.3f}  "
                   f"epochs {row['epochs']}  train CPU {row['cpu_s']:.0f} s  ({time.time() - t0:.0f} s wall)", flush=True)
+    if set(args.methods) != set(METHODS):
+        return
     summary = {m: {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows])))
                    for k in ("mse", "r2", "cv_mse")} for m, rows in results.items()}
     RESULTS.mkdir(exist_ok=True)

@@ -104,17 +104,27 @@ def test_embedding_ignores_padding(tiny, encoder):
     torch.manual_seed(0)
     enc = build_encoder(cfg, seqs.schema, 200).eval()
     rows = np.array([0, 1, 2])
-    batch = FullCollator(seqs, max_len=8)(rows)  # 8 events each
+    full = FullCollator(seqs, max_len=8)(rows)  # 8 events each
+    keep = torch.tensor([8, 5, 3])  # make the batch ragged: rows 1 and 2 end early
 
-    def padded(b, T):
-        pad = T - b.cat.shape[1]
-        grow = lambda x, v=0: torch.nn.functional.pad(x, (0, 0, 0, pad), value=v) if x.dim() == 3 else torch.nn.functional.pad(x, (0, pad), value=v)
-        return PaddedBatch(grow(b.cat), grow(b.num), grow(b.num_mask, False), grow(b.dt), grow(b.mask, False),
-                           b.lengths, b.seq_index)
+    def padded(T, width=8):
+        b = full
+        valid = torch.arange(width)[None, :] < keep[:, None]
+        cut = lambda x: x * valid.unsqueeze(-1).to(x.dtype) if x.dim() == 3 else x * valid.to(x.dtype)
+        grow = lambda x: torch.nn.functional.pad(x, (0, 0, 0, T - width) if x.dim() == 3 else (0, T - width))
+        return PaddedBatch(grow(cut(b.cat)), grow(cut(b.num)), grow(cut(b.num_mask)), grow(cut(b.dt)),
+                           grow(cut(b.mask)), keep.clone(), b.seq_index)
 
     with torch.no_grad():
-        z10, z50 = enc(padded(batch, 10)), enc(padded(batch, 50))
+        z10, z50 = enc(padded(10)), enc(padded(50))
+    z_grad = enc(padded(50))  # the training path (the GRU takes another route with gradients)
     torch.testing.assert_close(z10, z50, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(z_grad.detach(), z50, atol=1e-5, rtol=1e-5)
+    # row 1 on its own, with no padding at all
+    alone = PaddedBatch(*(x[1:2, :5] for x in (full.cat, full.num, full.num_mask, full.dt, full.mask)),
+                        torch.tensor([5]), full.seq_index[1:2])
+    with torch.no_grad():
+        torch.testing.assert_close(enc(alone)[0], z50[1], atol=1e-5, rtol=1e-5)
 
 
 def test_mlem_teacher_gets_no_gradient_and_t_b_train_without_decay(tiny, tmp_path):

@@ -37,12 +37,14 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RAY = BIN / "ray"
-SEQUENCES = "200"
+SEQUENCES = "1000"
+# Trials last several seconds each: inline trials reuse their process, so trials much shorter than
+# a worker process's start would all run on the head node before the other node's process is up.
 SPACE = {
     "method": "coles",
-    "sweep": {"trials": 4, "max_concurrent": 2, "scheduler": "none", "epochs": 2, "finalists": 4},
-    "params": {"optim.lr": {"type": "log_float", "low": 1e-3, "high": 1e-2}, "model.hidden": 16,
-               "data.batch_size": 16, "data.slice_min": 5, "data.slice_max": 20, "train.steps_per_epoch": 3},
+    "sweep": {"trials": 4, "max_concurrent": 2, "scheduler": "none", "epochs": 3, "finalists": 4},
+    "params": {"optim.lr": {"type": "log_float", "low": 1e-3, "high": 1e-2}, "model.hidden": 128,
+               "data.batch_size": 32, "data.slice_min": 10, "data.slice_max": 40},
 }
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 REFUSED = "is not visible from Ray node"

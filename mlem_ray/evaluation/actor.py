@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +54,8 @@ class Evaluator:
         self.threads = threads
         self.board = read_leaderboard(self.sweep_dir)
         self.restored_rows = len(self.board)
+        # Scores run one at a time; the lock lets info() and rows() answer while a score is running.
+        self._scoring = threading.Lock()
 
     def _done(self, trial_id: str) -> dict | None:
         if self.board.empty:
@@ -63,6 +66,10 @@ class Evaluator:
     def score(self, trial_id: str, stage: str, method: str, checkpoint: str, val_loss: float, params: dict,
               seed: int = 0, reseed_of: str = "", trial_dir: str = "") -> dict:
         """Score once; a repeated call for the same trial returns the stored row."""
+        with self._scoring:
+            return self._score(trial_id, stage, method, checkpoint, val_loss, params, seed, reseed_of, trial_dir)
+
+    def _score(self, trial_id, stage, method, checkpoint, val_loss, params, seed, reseed_of, trial_dir) -> dict:
         done = self._done(trial_id)
         if done is not None:
             return done
@@ -117,6 +124,6 @@ def get_or_create_actor(sweep_dir, data_path, name: str, cpus: float = 0.0, **kw
     import ray
 
     actor_cls = ray.remote(Evaluator)
-    return actor_cls.options(name=name, namespace="mlem_ray", get_if_exists=True, num_cpus=cpus,
+    return actor_cls.options(name=name, namespace="mlem_ray", get_if_exists=True, num_cpus=cpus, max_concurrency=2,
                              max_restarts=-1, max_task_retries=-1, lifetime=None).remote(
         str(sweep_dir), str(data_path), **kwargs)

@@ -10,8 +10,13 @@ from .embedder import EventEmbedder
 
 
 class GRUEncoder(nn.Module):
-    """GRU over packed sequences; the embedding is the hidden state after the last valid event,
-    so padding never changes it."""
+    """GRU whose embedding is the hidden state after the last valid event, so padding never
+    changes it (the GRU is causal: outputs before the padded tail do not see it).
+
+    With gradients, the GRU runs over the padded batch and the output at lengths - 1 is taken:
+    on CPU, torch's backward through packed sequences is about 8x slower than through the padded
+    tensor (measured: 4.4 s vs 0.6 s for 320 x 99 events, hidden 256). Without gradients, packed
+    sequences skip the padded tail, which is faster for inference on long, ragged batches."""
 
     def __init__(self, input_dim: int, hidden: int, layers: int = 1, dropout: float = 0.0):
         super().__init__()
@@ -20,6 +25,10 @@ class GRUEncoder(nn.Module):
         self.out_dim = hidden
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        last = (lengths - 1).clamp_min(0)
+        if torch.is_grad_enabled():
+            out, _ = self.rnn(x[:, :int(last.max()) + 1])  # (B, T, H)
+            return out[torch.arange(out.shape[0], device=out.device), last]
         packed = pack_padded_sequence(x, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
         _, h = self.rnn(packed)  # (layers, B, H), in the batch's original order
         return h[-1]

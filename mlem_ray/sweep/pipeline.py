@@ -232,9 +232,15 @@ def _start(settings: SweepSettings, address: str | None) -> _Session:
     # The actor scores while trials train; on a small machine it takes no CPU reservation so that
     # it never blocks trial scheduling (it runs between trial completions, single-threaded).
     actor_cpus = 1.0 if cpus >= 4 else 0.0
-    actor_name = "evaluator-" + hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:10]
+    actor_name = evaluator_name(out)
     actor = get_or_create_actor(out, settings.data, actor_name, cpus=actor_cpus, folds=settings.folds)
     return _Session(out.resolve(), settings, actor, actor_name, cpus, actor_cpus)
+
+
+def evaluator_name(out) -> str:
+    """The evaluation actor's name for the sweep in `out`: one actor per sweep dir, found again by
+    a resumed driver."""
+    return "evaluator-" + hashlib.sha1(str(Path(out).resolve()).encode()).hexdigest()[:10]
 
 
 def run_sweep(settings: SweepSettings, address: str | None = None, resume: bool = False) -> dict:

@@ -154,8 +154,10 @@ def run_stage(name: str, stage: StageSpace, out: Path, fixed: dict, actor, actor
         if experiment.exists():
             shutil.rmtree(experiment)  # a stage interrupted before Tune saved any state
         sweep = stage.sweep
+        # Inline trials all ask for the same resources, so one trial process can run the next trial:
+        # that saves a process start and the torch import per trial (seconds on a small machine).
         common = dict(metric=sweep.metric, mode=sweep.mode, max_concurrent_trials=max_concurrent,
-                      trial_dirname_creator=_trial_dirname)
+                      trial_dirname_creator=_trial_dirname, reuse_actors=not settings.distributed)
         if param_space is None:
             scheduler = (tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=sweep.epochs,
                                                        grace_period=sweep.grace_period,
