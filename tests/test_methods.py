@@ -14,6 +14,7 @@ from mlem_ray.config import ConfigError, make_config, parse_overrides
 from mlem_ray.data import FullCollator, EventSequences
 from mlem_ray.data.batching import PaddedBatch
 from mlem_ray.models.build import build_encoder
+from mlem_ray.models.encoders import GRUEncoder
 from mlem_ray.objectives import InfoNCELoss, MarginLoss, ReconstructionLoss, SigLIPLoss
 from mlem_ray.training import LocalReporter, NonFiniteLossError, train
 from mlem_ray.training.loop import build_training_objective, _param_groups
@@ -125,6 +126,20 @@ def test_embedding_ignores_padding(tiny, encoder):
                         torch.tensor([5]), full.seq_index[1:2])
     with torch.no_grad():
         torch.testing.assert_close(enc(alone)[0], z50[1], atol=1e-5, rtol=1e-5)
+
+
+def test_gru_length_groups_give_the_packed_embedding():
+    """The training path splits a large batch into length groups; each row must still get the
+    hidden state at its own last event, in the batch's order."""
+    torch.manual_seed(0)
+    enc = GRUEncoder(3, 8, buckets=4)
+    lengths = torch.randint(1, 40, (300,))
+    x = torch.randn(300, 40, 3) * (torch.arange(40)[None, :] < lengths[:, None]).unsqueeze(-1)
+    mask = torch.arange(40)[None, :] < lengths[:, None]
+    z_train = enc(x, mask, lengths)
+    with torch.no_grad():
+        z_packed = enc(x, mask, lengths)
+    torch.testing.assert_close(z_train.detach(), z_packed, atol=1e-5, rtol=1e-5)
 
 
 def test_mlem_teacher_gets_no_gradient_and_t_b_train_without_decay(tiny, tmp_path):
