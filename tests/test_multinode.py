@@ -42,7 +42,7 @@ SEQUENCES = "1000"
 # a worker process's start would all run on the head node before the other node's process is up.
 SPACE = {
     "method": "coles",
-    "sweep": {"trials": 4, "max_concurrent": 2, "scheduler": "none", "epochs": 3, "finalists": 4},
+    "sweep": {"trials": 4, "max_concurrent": 2, "scheduler": "none", "epochs": 4, "finalists": 4},
     "params": {"optim.lr": {"type": "log_float", "low": 1e-3, "high": 1e-2}, "model.hidden": 128,
                "data.batch_size": 32, "data.slice_min": 10, "data.slice_max": 40},
 }
