@@ -104,7 +104,7 @@ class ObjectiveConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # decoupled (AdamW); never applied to SigLIP t and b
     schedule: str = "constant"  # constant | cosine (to 0 at the last step)
     warmup_steps: int = 0  # linear warm-up from 0
     clip_grad: float = 1.0  # max gradient norm; 0 turns clipping off

@@ -152,7 +152,7 @@ def test_mlem_teacher_gets_no_gradient_and_t_b_train_without_decay(tiny, tmp_pat
     groups = _param_groups(objective, 0.5)
     no_decay = [g for g in groups if g["weight_decay"] == 0.0]
     assert len(no_decay) == 1 and {id(p) for p in no_decay[0]["params"]} == {id(objective.siglip.t), id(objective.siglip.b)}
-    opt = torch.optim.Adam(groups, lr=0.05)
+    opt = torch.optim.AdamW(groups, lr=0.05)
     objective.train()
     assert not objective.teacher.training
     batch = FullCollator(seqs)(seqs.indices("train")[:16])

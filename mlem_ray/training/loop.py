@@ -166,7 +166,11 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
 
     steps_per_epoch = len(train_loader) if not cfg.train.steps_per_epoch else min(cfg.train.steps_per_epoch, len(train_loader))
     model = runtime.prepare_model(objective)
-    optimizer = torch.optim.Adam(_param_groups(objective, cfg.optim.weight_decay), lr=cfg.optim.lr)
+    # Decoupled weight decay (AdamW). With Adam's L2 term, a parameter whose loss gradient is near
+    # zero is pulled to zero at about lr per step, because Adam normalises the decay term like any
+    # gradient: on Pendulum the generative encoder's GRU weights fell from 0.044 to 0.0005 (mean |w|)
+    # within two epochs and its embedding ended up worse than a random encoder's.
+    optimizer = torch.optim.AdamW(_param_groups(objective, cfg.optim.weight_decay), lr=cfg.optim.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.train.epochs * steps_per_epoch))
     start_epoch, best_val = 0, math.inf
     if resume:
