@@ -3,14 +3,15 @@
     python benchmarks/overhead.py [--sequences 3000] [--method coles] [--repeats 3]
 
 The bare loop iterates the same DataLoader (sampler + collate) and does forward, backward, gradient
-clipping and an AdamW step (as the loop). `train()` adds what it adds: the finite-loss check, metric accumulation,
-the LR schedule, and the end-of-epoch checkpoint. The data set has no validation split, so both
+clipping and an AdamW step (as the loop). `train()` adds what it adds: the finite-loss check,
+metric accumulation, the LR schedule, and the end-of-epoch checkpoint. The data set has no validation split, so both
 runs do the same work otherwise. Runs alternate; the best and the median of --repeats are compared.
 Target: the loop costs at most 10 % more.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -76,8 +77,6 @@ def main() -> None:
             bare.append(bare_epoch(cfg))
             t = loop_epoch(cfg)
             loop.append(t)
-        import statistics
-
         b, l_ = min(bare), min(loop)
         mb, ml = statistics.median(bare), statistics.median(loop)
         steps = len(EventSequences.open(data).indices("train")) // cfg.data.batch_size + 1
