@@ -140,13 +140,13 @@ def _pretrain_distributed(args, cfg, out: Path, resume) -> int:
     result = run_distributed(cfg, args.workers, args.gpus_per_worker, out / "ray_train", name="run",
                              cpus_per_worker=max(0.5, (ray.cluster_resources().get("CPU", 1) / args.workers)
                                                  if not args.gpus_per_worker else 1.0), resume=resume)
-    best = min(result.best_checkpoints, key=lambda cm: cm[1].get("val_loss", float("inf")))[0]
+    best, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1].get("val_loss", float("inf")))
     for name, ckpt in (("best", best), ("last", result.checkpoint)):
         if (out / name).exists():
             shutil.rmtree(out / name)
         shutil.copytree(ckpt.path, out / name)
-    best_val = min(m.get("val_loss", float("inf")) for _, m in result.best_checkpoints)
-    print(f"best checkpoint: {out / 'best'} (val_loss {best_val:.4g}); resume state: {out / 'last'}")
+    print(f"best checkpoint: {out / 'best'} (val_loss {best_metrics.get('val_loss', float('inf')):.4g}); "
+          f"resume state: {out / 'last'}")
     return 0
 
 

@@ -175,10 +175,11 @@ class _Session:
         return {"workers": self.settings.workers_per_trial, "gpus_per_worker": self.settings.gpus_per_worker}
 
 
-def check_storage_reachable(out: Path, timeout_s: float = 60.0) -> None:
+def check_storage_reachable(out: Path, nodes: list[dict], timeout_s: float = 60.0) -> None:
     """Every alive node must see the sweep directory: trials write checkpoints there and the
     evaluation actor reads them. A node that cannot (no shared storage) is refused up front with a
-    clear message instead of trials failing or hanging later."""
+    clear message instead of trials failing or hanging later. nodes: ray.nodes() entries of the
+    alive nodes."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -190,7 +191,6 @@ def check_storage_reachable(out: Path, timeout_s: float = 60.0) -> None:
         p = Path(path)
         return p.exists() and p.read_text() == token
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
     refs = {n["NodeID"]: sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
             .remote(str(probe), str(os.getpid())) for n in nodes}
     try:
@@ -216,12 +216,13 @@ def _start(settings: SweepSettings, address: str | None) -> _Session:
     _init_ray(address)
     resources = ray.cluster_resources()
     check_gpus(settings.gpus_per_worker, settings.workers_per_trial, resources)
-    if len([n for n in ray.nodes() if n.get("Alive")]) > 1:
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) > 1:
         out = Path(settings.out)
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         try:
-            check_storage_reachable(out)
+            check_storage_reachable(out, alive)
         except SweepError:
             if created:
                 shutil.rmtree(out, ignore_errors=True)  # leave nothing behind a refused start
