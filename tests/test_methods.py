@@ -60,6 +60,23 @@ def test_infonce_by_hand():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_hybrid_contrastive_term_keeps_its_scale_as_the_batch_grows():
+    """The hybrid adds its contrastive term to a per-row mean with fixed weights, so that term must
+    not grow with the global batch (more workers, bigger batches) the way CoLES's summed margin loss
+    does, or w_con would mean something else at every batch size."""
+    from mlem_ray.objectives import _contrastive
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(64, 32, generator=g)
+    z = (centres[:, None, :] + 0.5 * torch.randn(64, 5, 32, generator=g)).reshape(-1, 32)  # 64 sequences x 5 slices
+    labels = torch.arange(64).repeat_interleave(5)
+    half = slice(0, 32 * 5)
+    margin, hybrid = _contrastive(make_config("coles"), 32), _contrastive(make_config("hybrid"), 32)
+    assert margin(z, labels).item() / margin(z[half], labels[half]).item() > 1.8  # a sum over pairs
+    # a mean over anchors: twice the negatives add at most about log 2
+    assert abs(hybrid(z, labels).item() - hybrid(z[half], labels[half]).item()) < math.log(2) + 0.1
+
+
 def test_reconstruction_masks_padding_and_nan_but_keeps_zeros():
     # one sequence of 2 real events + 1 padding; one categorical field (3 codes), one numeric field
     mask = torch.tensor([[True, True, False]])
