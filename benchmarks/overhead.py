@@ -4,8 +4,9 @@
 
 The bare loop iterates the same DataLoader (sampler + collate) and does forward, backward, gradient
 clipping and an AdamW step (as the loop). `train()` adds what it adds: the finite-loss check,
-metric accumulation, the LR schedule, and the end-of-epoch checkpoint. The data set has no validation split, so both
-runs do the same work otherwise. Runs alternate; the best and the median of --repeats are compared.
+metric accumulation, the LR schedule, and the end-of-epoch checkpoint. The data set has no
+validation split, so both runs do the same work otherwise. Runs alternate; the best and the median
+of --repeats are compared.
 Target: the loop costs at most 10 % more.
 """
 from __future__ import annotations

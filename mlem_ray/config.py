@@ -187,9 +187,7 @@ class Config:
 METHOD_DEFAULTS = {
     "coles": {"optim.lr": 1e-3, "optim.weight_decay": 0.0},
     "generative": {"optim.lr": 3e-3, "optim.weight_decay": 1e-3},
-    # The hybrid sums two losses with fixed weights, so both should be per-row means: the margin loss
-    # is a sum over pairs (about 170 on a 320-slice batch, and it grows with the global batch) and
-    # outweighed reconstruction (about 0.4) 390:1; at this lr that encoder did not beat a random one.
+    # InfoNCE rather than the summed margin loss: objectives/hybrid.py says why.
     "hybrid": {"optim.lr": 3e-3, "optim.weight_decay": 1e-3, "objective.contrastive_loss": "infonce"},
     "mlem": {"optim.lr": 3e-3, "optim.weight_decay": 1e-3},
     "supervised": {"optim.lr": 1e-3, "optim.weight_decay": 0.0},
