@@ -23,8 +23,8 @@ import yaml
 
 from mlem_ray.data import pendulum, prepare, write_prepared
 from mlem_ray.data.ingest import IngestSpec
-from mlem_ray.evaluation.actor import read_leaderboard
-from mlem_ray.sweep.pipeline import SweepSettings, run_sweep
+from mlem_ray.evaluation.leaderboard import read as read_leaderboard
+from mlem_ray.sweep.pipeline import SweepJob, run_sweep
 
 PARAMS = {
     "optim.lr": {"type": "log_float", "low": 1e-4, "high": 3e-2},
@@ -54,7 +54,7 @@ def sweep(data: Path, work: Path, name: str, sweep_settings: dict, params: dict)
     space.write_text(yaml.safe_dump({"method": "coles", "sweep": sweep_settings, "params": params}))
     out = work / name
     t = time.perf_counter()
-    run_sweep(SweepSettings(out=str(out), data=str(data), space=str(space), folds=3))
+    run_sweep(SweepJob(out=str(out), data=str(data), space=str(space), folds=3))
     wall = time.perf_counter() - t
     board = read_leaderboard(out)
     best = board.loc[board["primary_value"].idxmin()]

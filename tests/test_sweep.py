@@ -12,8 +12,10 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
-from mlem_ray.evaluation.actor import Evaluator, read_leaderboard  # noqa: E402
-from mlem_ray.sweep.pipeline import SweepSettings, evaluator_name, pick_teacher, run_sweep  # noqa: E402
+from mlem_ray.evaluation.actor import Evaluator
+from mlem_ray.evaluation.leaderboard import read as read_leaderboard  # noqa: E402
+from mlem_ray.evaluation.leaderboard import pick_teacher  # noqa: E402
+from mlem_ray.sweep.pipeline import SweepJob, evaluator_name, run_sweep  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -66,7 +68,7 @@ def plugin_events(event_file):
 
 def test_two_stage_sweep_tensorboard_leaderboard_and_teacher(tmp_path, data):
     out = tmp_path / "sweep"
-    summary = run_sweep(SweepSettings(out=str(out), data=str(data), space=str(space_file(tmp_path)), folds=2))
+    summary = run_sweep(SweepJob(out=str(out), data=str(data), space=str(space_file(tmp_path)), folds=2))
     board = read_leaderboard(out)
     teacher_rows = board[board["stage"] == "teacher"]
     mlem_rows = board[board["stage"] == "mlem"]
@@ -126,7 +128,7 @@ def test_killing_the_evaluation_actor_mid_sweep_loses_no_row(tmp_path, data):
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    run_sweep(SweepSettings(out=str(out), data=str(data), space=str(space_file(tmp_path, doc)), folds=2))
+    run_sweep(SweepJob(out=str(out), data=str(data), space=str(space_file(tmp_path, doc)), folds=2))
     thread.join(timeout=10)
     assert killed.get("at_rows", 0) in (1, 2, 3), f"the kill did not land mid-scoring: {killed}"
     board = read_leaderboard(out)
@@ -143,7 +145,7 @@ def test_gpus_that_do_not_exist_are_refused_fast(tmp_path, data):
 
     t0 = time.time()
     with pytest.raises(ResourceError, match="the Ray cluster has 0"):
-        run_sweep(SweepSettings(out=str(tmp_path / "s"), data=str(data), space=str(space_file(tmp_path)),
+        run_sweep(SweepJob(out=str(tmp_path / "s"), data=str(data), space=str(space_file(tmp_path)),
                                 gpus_per_worker=1))
     assert time.time() - t0 < 30
     assert not (tmp_path / "s" / "sweep.json").exists()
