@@ -61,6 +61,7 @@ class SweepJob:
     cpus_per_trial: float = 1.0
     folds: int = 5
     sequences: int = DEMO_SEQUENCES
+    trackers: list = field(default_factory=list)  # mlflow, wandb (sweep/trackers.py)
 
 
 def _resolve(settings: SweepJob, resume: bool) -> SweepJob:
@@ -177,7 +178,8 @@ class _Session:
         return stage.sweep.max_concurrent or max(1, int((self.cpus - self.actor_cpus) // per_trial))
 
     def stage_kwargs(self) -> dict:
-        return {"workers": self.settings.workers_per_trial, "gpus_per_worker": self.settings.gpus_per_worker}
+        return {"workers": self.settings.workers_per_trial, "gpus_per_worker": self.settings.gpus_per_worker,
+                "trackers": tuple(self.settings.trackers)}
 
 
 def check_storage_reachable(out: Path, nodes: list[dict], timeout_s: float = 60.0) -> None:
