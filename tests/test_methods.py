@@ -246,6 +246,12 @@ def test_pretrain_evaluate_embed_cli(tiny, tmp_path, capsys):
     sets = [x for k, v in SMALL.items() for x in ("--set", f"{k}={v}")]
     assert main(["pretrain", "--data", str(tiny), "--method", "coles", "--out", str(run), *sets]) == 0
     assert (run / "best" / "model.pt").exists() and (run / "last" / "config.yaml").exists()
+    # per-epoch TensorBoard scalars beside metrics.jsonl
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(run)).Reload()
+    assert [e.step for e in scalars.Scalars("val_loss")] == [0, 1]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     # a second run into the same directory is refused, --resume with nothing left to do is fine
     assert main(["pretrain", "--data", str(tiny), "--method", "coles", "--out", str(run), *sets]) == 2
     assert "--resume" in capsys.readouterr().err

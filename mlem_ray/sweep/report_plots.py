@@ -71,7 +71,9 @@ def optuna_plots(sweep_dir: Path, out_dir: Path) -> list[str]:
             n = len(np.ravel(axes)) if isinstance(axes, np.ndarray) else 1
             fig.set_size_inches(max(7.0, 3.2 * n), 4.5)
             fig.suptitle(f"{name}: {kind.replace('_', ' ')} ({objective})", fontsize=11)
-            fig.tight_layout()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the parallel-coordinate colour bar is not tight_layout's
+                fig.tight_layout()
             fig.savefig(path, dpi=100)
             plt.close(fig)
             lines.append(f"- {path}")
