@@ -50,7 +50,7 @@ def sweep(tmp_path_factory):
     data = make_pendulum(root / "data", 200, seed=3)
     space = root / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE))
-    trackers = ["mlflow"] if _installed("mlflow") else []
+    trackers = [name for name in ("mlflow", "wandb") if _installed(name)]  # optional extras
     ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="mlem_ray")
     try:
         run_sweep(SweepJob(out=str(root / "sweep"), data=str(data), space=str(space), folds=2, trackers=trackers))
@@ -210,3 +210,15 @@ def test_spearman_is_the_rank_correlation_over_finite_pairs():
     assert (rho, n) == (1.0, 4)
     assert spearman([1, 2, 3], [3, 2, 1]) == (-1.0, 3)
     assert math.isnan(spearman([1, 2], [2, 1])[0])
+
+
+def test_wandb_offline_run_per_trial_holds_its_curves_and_downstream_scores(sweep):
+    pytest.importorskip("wandb")
+    board = read_leaderboard(sweep)
+    for trial in board["trial_id"]:
+        # the trial's own run (Tune's WandbLoggerCallback), then the downstream scores resumed into
+        # the same run id; `wandb sync` uploads both into one run
+        runs = sorted((sweep / "wandb").glob(f"offline-run-*-{trial}"))
+        records = [next(r.glob("*.wandb")).read_bytes() for r in runs]
+        assert any(b"val_loss" in rec for rec in records), trial
+        assert any(b"downstream/tree_cv_mse_mean" in rec for rec in records), trial
