@@ -222,3 +222,17 @@ def test_wandb_offline_run_per_trial_holds_its_curves_and_downstream_scores(swee
         records = [next(r.glob("*.wandb")).read_bytes() for r in runs]
         assert any(b"val_loss" in rec for rec in records), trial
         assert any(b"downstream/tree_cv_mse_mean" in rec for rec in records), trial
+
+
+def test_a_tracker_that_is_not_installed_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from mlem_ray.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    code = main(["sweep", "--out", str(tmp_path / "s"), "--tracker", "wandb"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == ("mlem-ray sweep: error: --tracker wandb: wandb is not installed; "
+                                         "pip install 'mlem_ray[wandb]'")
+    assert not (tmp_path / "s").exists()
