@@ -46,6 +46,7 @@ def optuna_plots(sweep_dir: Path, out_dir: Path) -> list[str]:
     if not names:
         return [f"Optuna plots skipped: no {optuna_storage.FILE} in {sweep_dir} (a sweep from before it was kept)."]
     plt = _pyplot()
+    from matplotlib.ticker import NullFormatter
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     lines = []
     for name in names:
@@ -66,15 +67,23 @@ def optuna_plots(sweep_dir: Path, out_dir: Path) -> list[str]:
             except Exception as e:  # noqa: BLE001 (e.g. a param that never varied; fANOVA on 2 trials)
                 lines.append(f"- {name} {kind}: skipped ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
                 continue
-            ax = np.ravel(axes)[0] if isinstance(axes, np.ndarray) else axes
-            fig = ax.figure
-            n = len(np.ravel(axes)) if isinstance(axes, np.ndarray) else 1
-            fig.set_size_inches(max(7.0, 3.2 * n), 4.5)
-            fig.suptitle(f"{name}: {kind.replace('_', ' ')} ({objective})", fontsize=11)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the parallel-coordinate colour bar is not tight_layout's
-                fig.tight_layout()
-            fig.savefig(path, dpi=100)
+            panels = list(np.ravel(axes)) if isinstance(axes, np.ndarray) else [axes]
+            fig = panels[0].figure
+            for ax in panels:  # minor labels on a log axis (2x10^1, 3x10^1, ...) run into each other
+                if ax.get_xscale() == "log":
+                    ax.xaxis.set_minor_formatter(NullFormatter())
+            if kind == "parallel_coordinate":  # one vertical axis per param, each with its own tick labels
+                width = 1.7 * (len(done[0].params) + 1) + 2.0
+            else:
+                width = 3.4 * len(panels) + 1.0
+            fig.set_size_inches(max(7.0, width), 4.5)
+            title = panels[0].get_title()
+            if title:
+                panels[0].set_title(f"{name}: {title}")
+            else:
+                fig.suptitle(f"{name}: {kind.replace('_', ' ')} ({objective})", fontsize=11)
+            # no tight_layout: it would move the panels under the colour bars Optuna placed
+            fig.savefig(path, dpi=100, bbox_inches="tight")
             plt.close(fig)
             lines.append(f"- {path}")
     return lines
