@@ -43,6 +43,16 @@ def test_a_failed_worker_restarts_from_the_last_checkpoint(data, tmp_path):
     assert result.metrics["epoch"] == 3
     encoder, ckpt = load_encoder(result.checkpoint.path)
     assert ckpt.state["trainer"]["epoch"] == 3 and encoder.out_dim == 16
+    # `pretrain --workers N` writes the reported epochs as a local run does: metrics.jsonl and
+    # TensorBoard scalars beside it
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mlem_ray.cli import _epoch_log
+
+    _epoch_log(tmp_path / "run", result.metrics_dataframe)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == len(result.metrics_dataframe)
+    steps = [e.step for e in EventAccumulator(str(tmp_path / "run")).Reload().Scalars("val_loss")]
+    assert sorted(set(steps)) == [0, 1, 2, 3]
 
 
 def test_gpus_that_do_not_exist_are_refused_within_30s(data, tmp_path, capsys):

@@ -28,7 +28,7 @@ def session_hparams(params: dict, stage: str, method: str) -> dict:
 def session_metrics(row: dict) -> dict:
     """The metric columns of a leaderboard row: in-trial (the selection score and val_loss) and
     every numeric downstream score."""
-    skip = {"scored_at", "seed", "selection_value", "val_loss", "n_labelled"}
+    skip = {"scored_at", "seed", "selection_value", "val_loss", "n_labelled", "n_train", "n_test"}
     metrics = {f"downstream/{k}": v for k, v in row.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip}
     metrics[f"trial/{row['selection_metric']}"] = row["selection_value"]
