@@ -10,7 +10,9 @@ Sweep directory layout (`--out`):
   sweep.json              the sweep's settings (so `--resume` needs only `--out`)
   space.yaml              the search space used
   data/                   the generated Pendulum set when no --data was given
-  <stage>/<trial_id>/     Tune trials: TensorBoard curves, HParams, checkpoints
+  <stage>/<trial_id>/     Tune trials: TensorBoard curves, checkpoints; hparams/ its HParams session
+  optuna.journal          every stage's Optuna study (sweep/optuna_storage.py)
+  mlflow.db, wandb/       with --tracker mlflow|wandb (sweep/trackers.py)
   leaderboard.parquet     one row per scored trial (the evaluation actor's)
   tensorboard_leaderboard/
   teacher.json            the chosen teacher (two-stage sweeps)
