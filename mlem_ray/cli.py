@@ -142,9 +142,9 @@ def _pretrain_distributed(args, cfg, out: Path, resume) -> int:
           f"(global batch {global_batch} sequences) -> {out}", flush=True)
     result = run_distributed(cfg, args.workers, args.gpus_per_worker, out / "ray_train", name="run",
                              cpus_per_worker=max(0.5, (ray.cluster_resources().get("CPU", 1) / args.workers)
-                                                 if not args.gpus_per_worker else 1.0), resume=resume)
+                                                 if not args.gpus_per_worker else 1.0), resume=resume,
+                             extra={"log_dir": str(out.resolve())})  # metrics.jsonl + scalars, as a local run
     best, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1].get("val_loss", float("inf")))
-    _epoch_log(out, result.metrics_dataframe)
     for name, ckpt in (("best", best), ("last", result.checkpoint)):
         if (out / name).exists():
             shutil.rmtree(out / name)
@@ -152,17 +152,6 @@ def _pretrain_distributed(args, cfg, out: Path, resume) -> int:
     print(f"best checkpoint: {out / 'best'} (val_loss {best_metrics.get('val_loss', float('inf')):.4g}); "
           f"resume state: {out / 'last'}")
     return 0
-
-
-def _epoch_log(out: Path, frame) -> None:
-    """metrics.jsonl and TensorBoard scalars in --out, as a local run writes them, from the epochs
-    rank 0 reported (written here by the driver: on a cluster, rank 0 may not see --out)."""
-    from .training import EpochLog
-
-    log = EpochLog(out)
-    for row in frame.to_dict("records") if frame is not None else []:
-        values = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-        log.write({k: v for k, v in values.items() if isinstance(v, (bool, int, float, str))})
 
 
 def _evaluate(args) -> int:
