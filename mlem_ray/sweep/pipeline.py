@@ -25,7 +25,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..data.schema import DataError
+from ..errors import DataError, SweepError  # noqa: F401  (SweepError re-exported)
 from ..evaluation import leaderboard
 from .space import SearchSpace, StageSpace
 
@@ -35,10 +35,6 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 DEFAULT_SPACE = "quick.yaml"
 DEMO_SEQUENCES = 2000
-
-
-class SweepError(ValueError):
-    """Bad sweep input (paths, resources, resume state): one line, exit code 2."""
 
 
 def search_space_dir() -> Path:

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation import leaderboard
+from ..errors import ReportError  # noqa: F401  (re-exported)
 
 LEADERBOARD = leaderboard.FILE
 SPACE_FILE = "space.yaml"
@@ -46,10 +47,6 @@ IMPORTANCE_SEED = 0
 # Bookkeeping columns: everything else numeric on the leaderboard is a downstream metric.
 _NOT_METRICS = set(leaderboard.BOOKKEEPING) - {"val_loss", "selection_value"}
 _REQUIRED = ("trial_id", "method", "primary_value")
-
-
-class ReportError(ValueError):
-    """A sweep directory that cannot be reported on: one actionable line, exit code 2 in the CLI."""
 
 
 # ---------------------------------------------------------------------------------------------

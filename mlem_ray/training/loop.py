@@ -19,11 +19,8 @@ from torch import nn
 from ..config import Config
 from ..data.batching import FullCollator, SequenceDataset, SliceCollator, SliceSampler
 from ..data.prepared import EventSequences
+from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, ResourceError  # noqa: F401
 from .checkpoint import check_schema, load_checkpoint, load_encoder, save_checkpoint
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced NaN or inf; the last good checkpoint is left as it was."""
 
 
 class Reporter(Protocol):
@@ -49,9 +46,35 @@ class Runtime:
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ValueError("train.device=cuda but torch sees no GPU; use train.device=auto or cpu")
+            raise ResourceError("train.device=cuda but torch sees no GPU here; use train.device=auto or cpu")
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def preflight(cfg: Config, seqs: EventSequences | None = None, local_device: bool = True) -> EventSequences:
+    """Refuse, before anything is written or trained, a config this data set or machine cannot run:
+    no GPU for train.device=cuda, a supervised run without targets, an MLEM run without a usable
+    teacher, too few training sequences. `local_device`: the run uses this machine's device (a Ray
+    Train worker gets its own). -> the opened data set."""
+    if local_device:
+        resolve_device(cfg.train.device)
+    seqs = seqs or EventSequences.open(cfg.data.path)
+    supervised = cfg.objective.method == "supervised"
+    if supervised and (seqs.targets is None or not seqs.schema.task):
+        raise DataError(f"--method supervised needs a data set with targets; {seqs.path} has none "
+                        "(pass --targets to `mlem-ray data ingest`)")
+    train_rows = seqs.labelled("train") if supervised else seqs.indices("train")
+    if len(train_rows) < 2:
+        raise DataError(f"the training split of {seqs.path} has {len(train_rows)} usable sequences; too few to train")
+    if cfg.objective.method == "mlem":
+        if not cfg.objective.teacher:
+            raise ConfigError("MLEM needs a teacher: pass --teacher CKPT (a CoLES checkpoint of the same data)")
+        teacher = load_checkpoint(cfg.objective.teacher)
+        check_schema(teacher, seqs.schema)
+        if teacher.config.objective.method != "coles":
+            raise CheckpointError(
+                f"teacher {cfg.objective.teacher} was trained with {teacher.config.objective.method!r}, not coles")
+    return seqs
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -128,16 +151,8 @@ def build_training_objective(cfg: Config, seqs: EventSequences, max_len: int, de
     from ..objectives import build_objective
 
     teacher = None
-    if cfg.objective.method == "mlem":
-        if not cfg.objective.teacher:
-            raise ValueError("MLEM needs a teacher: pass --teacher CKPT (a CoLES checkpoint of the same data)")
-        teacher, teacher_ckpt = load_encoder(cfg.objective.teacher, seqs.schema, device)
-        if teacher_ckpt.config.objective.method != "coles":
-            from .checkpoint import CheckpointError
-
-            raise CheckpointError(
-                f"teacher {cfg.objective.teacher} was trained with {teacher_ckpt.config.objective.method!r}, not coles"
-            )
+    if cfg.objective.method == "mlem":  # preflight() has checked the teacher
+        teacher, _ = load_encoder(cfg.objective.teacher, seqs.schema, device)
     train_targets = seqs.targets[seqs.indices("train")] if seqs.targets is not None else None
     return build_objective(cfg, seqs.schema, max_len, teacher, train_targets).to(device)
 
@@ -152,15 +167,13 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
-    seqs = EventSequences.open(cfg.data.path)
+    seqs = preflight(cfg, local_device=False)  # the runtime already holds the device
     max_len = cfg.data.max_len or seqs.schema.max_len
     objective = build_training_objective(cfg, seqs, max_len, runtime.device)
     kind = objective.batch_kind
     supervised = cfg.objective.method == "supervised"
     train_rows = seqs.labelled("train") if supervised else seqs.indices("train")
     val_rows = seqs.labelled("val") if supervised else seqs.indices("val")
-    if len(train_rows) < cfg.data.batch_size * runtime.world_size and len(train_rows) < 2:
-        raise ValueError(f"the training split has {len(train_rows)} usable sequences; too few to train")
     train_loader, train_sampler, train_collate = _batches(seqs, train_rows, kind, cfg, runtime, True, max_len)
     val_loader, _, val_collate = _batches(seqs, val_rows, kind, cfg, runtime, False, max_len) if len(val_rows) else (None, None, None)
 

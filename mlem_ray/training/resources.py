@@ -2,9 +2,7 @@
 imports ResourceError on every call)."""
 from __future__ import annotations
 
-
-class ResourceError(ValueError):
-    """Resources asked for that the cluster does not have: one line, exit code 2."""
+from ..errors import ResourceError  # noqa: F401  (re-exported)
 
 
 def check_gpus(gpus_per_worker: float, workers: int = 1, resources: dict | None = None) -> None:
