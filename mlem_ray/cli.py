@@ -127,11 +127,9 @@ def _pretrain_distributed(args, cfg, out: Path, resume) -> int:
     import ray
 
     from .training.ray_train import run_distributed
-    from .training.resources import check_gpus
+    from .training.resources import check_gpus, connect
 
-    # The dashboard's state API lets Train clean up placement groups of stopped runs (DESIGN.md).
-    ray.init(address=args.address or None, namespace="mlem_ray", ignore_reinit_error=True,
-             **({} if args.address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
+    connect(args.address)
     check_gpus(args.gpus_per_worker, args.workers)
     global_batch = cfg.data.batch_size * args.workers
     print(f"pretraining {cfg.objective.method} on {args.data} with {args.workers} Ray Train workers "
@@ -154,6 +152,8 @@ def _evaluate(args) -> int:
 
     from .evaluation.evaluate import evaluate_checkpoint
 
+    if args.folds < 2:
+        raise UsageError(f"--folds must be at least 2 (cross-validation), got {args.folds}")
     _check_data_dir(args.data)
     result = evaluate_checkpoint(args.checkpoint, args.data, folds=args.folds, seed=args.seed,
                                  robustness=args.robustness)

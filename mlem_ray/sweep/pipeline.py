@@ -138,15 +138,6 @@ def _resolve_metrics(stages: dict[str, StageSpace], data: str) -> dict[str, Stag
     return {name: stage.resolved(default) for name, stage in stages.items()}
 
 
-def _init_ray(address: str | None):
-    import ray
-
-    if ray.is_initialized():
-        return
-    ray.init(address=address or None, namespace="mlem_ray", log_to_driver=True,
-             **({} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
-
-
 @dataclass
 class _Session:
     """What the stages of one sweep share once Ray is up."""
@@ -212,9 +203,9 @@ def _start(settings: SweepJob, address: str | None) -> _Session:
 
     from ..evaluation.actor import get_or_create_actor
 
-    from ..training.resources import check_gpus
+    from ..training.resources import check_gpus, connect
 
-    _init_ray(address)
+    connect(address)
     resources = ray.cluster_resources()
     check_gpus(settings.gpus_per_worker, settings.workers_per_trial, resources)
     alive = [n for n in ray.nodes() if n.get("Alive")]
@@ -251,6 +242,8 @@ def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = Fal
     settings = _resolve(settings, resume)
     space = SearchSpace.load(settings.space)
     stages = _stages(space, settings)
+    if settings.data:  # refuse a metric the data cannot give before Ray starts or --out is written
+        _resolve_metrics(stages, settings.data)
     session = _start(replace(settings, out=str(Path(settings.out).resolve())), address)
     out, settings = session.out, session.settings
     stages = _resolve_metrics(stages, settings.data)
