@@ -257,7 +257,9 @@ def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = Fal
         rows = run_stage(name, stage, out, stage_fixed, session.actor, session.actor_name, settings.cpus_per_trial,
                          max_concurrent, resume=resume, trials=settings.trials or None, **session.stage_kwargs())
         best = leaderboard.best(rows)
-        summary["stages"][name] = {"method": stage.method, "scored": len(rows), "best": best}
+        failed = [r for r in rows if not leaderboard.is_ok(r)]
+        summary["stages"][name] = {"method": stage.method, "scored": len(rows) - len(failed), "failed": failed,
+                                   "best": best}
         if name == "teacher" and space.is_two_stage:
             teacher = leaderboard.pick_teacher(rows, stage.sweep.finalists)
             if teacher is None:
@@ -302,6 +304,8 @@ def _print_summary(out: Path, summary: dict) -> None:
     print("\nsweep finished")
     for name, s in summary["stages"].items():
         b = s["best"]
+        for row in s.get("failed", []):
+            print(f"  {name:<20} trial {row['trial_id']} {row['status']}: {row['error']}")
         if b:
             test = {k: v for k, v in b.items() if k.startswith("tree_test_")}
             test_text = ", ".join(f"{k} {v:.4g}" for k, v in test.items())

@@ -14,6 +14,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from ..evaluation import leaderboard
 from ..training.loop import Runtime, resolve_device, train
 from .space import StageSpace
 
@@ -159,7 +160,8 @@ def run_stage(name: str, stage: StageSpace, out: Path, fixed: dict, actor, actor
               max_concurrent: int, resume: bool, trials: int | None = None, param_space: dict | None = None,
               reseed_of: str = "", row_stage: str = "", workers: int = 1, gpus_per_worker: float = 0.0) -> list[dict]:
     """Run (or resume) one stage's Tune experiment in `out/name` and wait until every completed
-    trial is on the leaderboard. -> the stage's leaderboard rows. `param_space` replaces the search
+    trial is on the leaderboard. -> the stage's leaderboard rows (errored and failed ones included:
+    see leaderboard.is_ok). `param_space` replaces the search
     (used to re-run one config with other seeds; its rows are labelled `row_stage`)."""
     row_stage = row_stage or name
     settings = TrialSettings(stage, dict(fixed), cpus_per_trial, workers, gpus_per_worker,
@@ -203,16 +205,33 @@ def run_stage(name: str, stage: StageSpace, out: Path, fixed: dict, actor, actor
     # and it runs calls in order, so these refs resolve once everything before them is scored.
     refs = []
     for result in grid:
-        if result.error is not None:
+        trial_id = result.metrics.get("trial_id") or Path(result.path).name
+        if result.error is not None:  # listed with its reason (the report shows it), never ranked
+            params = {k: result.config[k] for k in swept if k in result.config}
+            refs.append(actor.record_error.remote(trial_id, row_stage, stage.method, leaderboard.reason(result.error),
+                                                  params, int(result.config.get("train.seed", 0)), reseed_of))
             continue
         kept = sorted(result.best_checkpoints or [], key=lambda cm: _score_key(metric, mode)(cm[1]))
         found = (kept[0][0].path, dict(kept[0][1])) if kept else None
         if found is None and result.metrics_dataframe is not None:
             found = best_reported(result.metrics_dataframe.to_dict("records"), metric, mode)
         if found is not None:
-            refs.append(submit(actor, result.metrics.get("trial_id") or Path(result.path).name, result.config, found,
-                               row_stage, stage.method, swept, metric, mode, reseed_of, result.path))
-    return ray.get(refs)
+            refs.append(submit(actor, trial_id, result.config, found, row_stage, stage.method, swept, metric, mode,
+                               reseed_of, result.path))
+    return _gather(refs)
+
+
+def _gather(refs) -> list[dict]:
+    """The actor's answers; a call whose scoring killed the actor's process on every retry is left
+    out (its trial has no row; a resumed sweep scores it again) rather than ending the stage."""
+    rows = []
+    for ref in refs:
+        try:
+            rows.append(ray.get(ref))
+        except ray.exceptions.RayActorError as e:
+            print(f"scoring a trial failed: the evaluation actor died on every retry ({leaderboard.reason(e)})",
+                  flush=True)
+    return rows
 
 
 def _trial_dirname(trial) -> str:

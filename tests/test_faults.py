@@ -1,0 +1,178 @@
+"""Faults a sweep survives: a scoring that fails (a row with status failed, the stage goes on), a
+trial that errors (a row with status errored and its reason), the evaluation actor's retry rules
+(retried when its process dies, never when a call raises), and the report listing all of them."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import make_pendulum
+from mlem_ray.config import make_config
+from mlem_ray.evaluation import leaderboard
+from mlem_ray.evaluation.actor import Evaluator
+from mlem_ray.sweep.report import build_report
+from mlem_ray.training import LocalReporter, train
+
+ray = pytest.importorskip("ray")
+
+SMALL = {"model.hidden": 16, "data.batch_size": 16, "data.slice_min": 5, "data.slice_max": 20, "train.epochs": 1,
+         "train.steps_per_epoch": 2}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_pendulum(tmp_path_factory.mktemp("data") / "p", 240, seed=5)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(data, tmp_path_factory):
+    """A trained CoLES checkpoint and a copy whose encoder weights are NaN (its embeddings are NaN)."""
+    root = tmp_path_factory.mktemp("ckpts")
+    train(make_config("coles", {**SMALL, "data.path": str(data)}), LocalReporter(root / "run", stream=None))
+    good = root / "run" / "best"
+    import shutil
+
+    shutil.copytree(good, root / "nan")
+    state = torch.load(root / "nan" / "model.pt", weights_only=True)
+    state["encoder"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                        for k, v in state["encoder"].items()}
+    torch.save(state, root / "nan" / "model.pt")
+    return good, root / "nan"
+
+
+class CountingEvaluator(Evaluator):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def _evaluate(self, checkpoint):
+        self.calls += 1
+        return super()._evaluate(checkpoint)
+
+
+SELECTION = {"selection_metric": "probe_score", "selection_mode": "max", "selection_value": 0.5, "val_loss": 1.0}
+
+
+def test_a_failed_scoring_is_a_row_with_its_reason_and_is_not_retried(tmp_path, data, checkpoints):
+    good, nan = checkpoints
+    ev = CountingEvaluator(tmp_path, data, folds=2, tree_iters=20)
+    failed = ev.score("t_nan", "teacher", "coles", str(nan), SELECTION, {"optim.lr": 0.01})
+    assert failed["status"] == "failed" and "NaN" in failed["error"] and "\n" not in failed["error"]
+    assert failed["primary_value"] != failed["primary_value"]  # NaN: never ranked
+    ok = ev.score("t_ok", "teacher", "coles", str(good), {**SELECTION, "selection_value": 0.1}, {"optim.lr": 0.02})
+    assert ok["status"] == "ok" and ok["error"] == ""
+    # asked again (a resumed driver re-submits): the stored row, no second scoring
+    assert ev.score("t_nan", "teacher", "coles", str(nan), SELECTION, {})["status"] == "failed"
+    assert ev.calls == 2
+    # an errored trial is listed, and replaced once a re-run of it is scored
+    ev.record_error("t_err", "teacher", "coles", "Traceback...\nConfigError: data.batch_size must be > 0", {})
+    ev.record_error("t_redo", "teacher", "coles", "RayActorError: the actor died", {})
+    assert ev.score("t_redo", "teacher", "coles", str(good), SELECTION, {})["status"] == "ok"
+    board = leaderboard.read(tmp_path)
+    assert sorted(board["trial_id"]) == ["t_err", "t_nan", "t_ok", "t_redo"]
+    assert dict(zip(board["trial_id"], board["status"])) == {"t_nan": "failed", "t_ok": "ok", "t_err": "errored",
+                                                              "t_redo": "ok"}
+    # the failed row has the best selection value but is never picked
+    assert leaderboard.pick_teacher(board, finalists=1)["trial_id"] in ("t_ok", "t_redo")
+    assert {r["trial_id"] for r in leaderboard.ranked(board)} == {"t_ok", "t_redo"}
+    text = build_report(tmp_path)
+    assert "## Failed and errored trials (2)" in text
+    assert "teacher t_nan (coles): failed: ValueError: embeddings contain NaN or inf" in text
+    assert "teacher t_err (coles): errored: ConfigError: data.batch_size must be > 0" in text
+
+
+def test_a_report_of_only_failed_trials_still_lists_them(tmp_path, data, checkpoints):
+    ev = Evaluator(tmp_path, data, folds=2, tree_iters=20)
+    ev.score("t_nan", "teacher", "coles", str(checkpoints[1]), SELECTION, {})
+    text = build_report(tmp_path)
+    assert "No trial was scored" in text and "t_nan" in text
+
+
+# ---------- on Ray ----------
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="mlem_ray")
+    yield
+    ray.shutdown()
+
+
+class Probe:
+    """Stands in for the evaluation actor, with its options, to check Ray's retry rules."""
+
+    def raises(self, log: str) -> None:
+        with open(log, "a") as f:
+            f.write("call\n")
+        raise ValueError("deterministic failure")
+
+    def dies_once(self, marker: str) -> int:
+        if not Path(marker).exists():
+            Path(marker).write_text("died")
+            os._exit(1)
+        return os.getpid()
+
+
+@pytest.mark.ray
+def test_the_actor_retries_a_call_only_when_its_process_died(ray_instance, tmp_path):
+    from mlem_ray.evaluation.actor import ACTOR_OPTIONS
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    actor = ray.remote(Probe).options(**ACTOR_OPTIONS).remote()
+    log = tmp_path / "calls.log"
+    with pytest.raises(ValueError, match="deterministic failure"):
+        ray.get(actor.raises.remote(str(log)), timeout=60)
+    assert log.read_text().count("call") == 1  # raised: not retried
+    pid = ray.get(actor.dies_once.remote(str(tmp_path / "marker")), timeout=120)
+    assert (tmp_path / "marker").exists() and pid > 0  # the process died; the call ran again in a new one
+    ray.kill(actor)
+
+
+class FailFirstEvaluator(Evaluator):
+    """Its first scoring raises, as a probe that cannot fit would."""
+
+    def _evaluate(self, checkpoint):
+        if self.board.empty:
+            raise RuntimeError("probe exploded")
+        return super()._evaluate(checkpoint)
+
+
+@pytest.mark.ray
+def test_a_stage_goes_on_past_a_failed_scoring_and_an_errored_trial(ray_instance, tmp_path, data):
+    from ray import tune
+
+    from mlem_ray.sweep.pipeline import _resolve_metrics, evaluator_name
+    from mlem_ray.sweep.space import SearchSpace
+    from mlem_ray.sweep.tuner import run_stage
+
+    doc = {"method": "coles", "sweep": {"trials": 3, "epochs": 1, "scheduler": "none", "metric": "rankme", "finalists": 1},
+           "params": {"model.hidden": 16, "data.slice_min": 5, "data.slice_max": 20, "train.steps_per_epoch": 2}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(doc))
+    stages = _resolve_metrics(SearchSpace.load(tmp_path / "space.yaml").stages, str(data))
+    name, stage = next(iter(stages.items()))
+    out = tmp_path / "sweep"
+    out.mkdir()
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    actor_name = evaluator_name(out)
+    from mlem_ray.evaluation.actor import ACTOR_OPTIONS
+
+    actor = ray.remote(FailFirstEvaluator).options(name=actor_name, namespace="mlem_ray", **ACTOR_OPTIONS).remote(
+        str(out), str(data), folds=2, tree_iters=20)
+    # batch size 0 cannot even build a config: that trial errors (twice: FailureConfig retries it once)
+    rows = run_stage(name, stage, out, {"data.path": str(data), "train.threads": 1}, actor, actor_name, 1.0, 1,
+                     resume=False, param_space={"data.batch_size": tune.grid_search([16, 0, 16]),
+                                                "train.seed": 0})
+    by_status = sorted(r["status"] for r in rows)
+    assert by_status == ["errored", "failed", "ok"], rows
+    errored = next(r for r in rows if r["status"] == "errored")
+    assert "data.batch_size" in errored["error"]
+    failed = next(r for r in rows if r["status"] == "failed")
+    assert failed["error"] == "RuntimeError: probe exploded"
+    board = leaderboard.read(out)
+    assert len(board) == 3 and board["trial_id"].is_unique
+    text = build_report(out)
+    assert "## Failed and errored trials (2)" in text and "probe exploded" in text
+    ray.kill(actor)
