@@ -176,3 +176,51 @@ def test_a_stage_goes_on_past_a_failed_scoring_and_an_errored_trial(ray_instance
     text = build_report(out)
     assert "## Failed and errored trials (2)" in text and "probe exploded" in text
     ray.kill(actor)
+
+
+# ---------- one driver per sweep directory ----------
+
+
+def test_a_second_sweep_into_a_live_sweeps_out_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path, capsys):
+    import json
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    from mlem_ray.cli import main
+    from mlem_ray.sweep.lock import FILE, sweep_lock
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"out": str(out)}))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from mlem_ray.sweep.lock import sweep_lock\n"
+        f"with sweep_lock({str(out)!r}):\n    print('locked', flush=True); time.sleep(600)")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        lock_before = (out / FILE).read_text()
+        code = main(["sweep", "--out", str(out), "--resume"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"is in use by another sweep (pid {holder.pid}" in err
+        assert (out / FILE).read_text() == lock_before
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a killed driver leaves its lock behind
+        holder.wait()
+    assert json.loads((out / FILE).read_text())["pid"] == holder.pid
+    with sweep_lock(out):
+        assert json.loads((out / FILE).read_text())["pid"] == os.getpid()
+    assert not (out / FILE).exists() and not list(out.glob(f"{FILE}*"))
+    # a lock from another host cannot be checked from here: taken over
+    (out / FILE).write_text(json.dumps({"host": socket.gethostname() + "-elsewhere", "pid": os.getpid(),
+                                        "since": time.time()}))
+    with sweep_lock(out):
+        assert json.loads((out / FILE).read_text())["host"] == socket.gethostname()
+    # a refused start into a new directory leaves no directory behind
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError):
+        with sweep_lock(fresh):
+            raise RuntimeError("refused later")
+    assert not fresh.exists()

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..errors import DataError, SweepError  # noqa: F401  (SweepError re-exported)
 from ..evaluation import leaderboard
+from .lock import sweep_lock
 from .space import SearchSpace, StageSpace
 
 # Each epoch checkpoints, so Tune's snapshot-frequency warning would fire on every small trial
@@ -237,9 +238,14 @@ def evaluator_name(out) -> str:
 
 
 def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = False) -> dict:
+    settings = _resolve(settings, resume)
+    with sweep_lock(settings.out):
+        return _run_sweep(settings, address, resume)
+
+
+def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
     from .tuner import run_stage
 
-    settings = _resolve(settings, resume)
     space = SearchSpace.load(settings.space)
     stages = _stages(space, settings)
     if settings.data:  # refuse a metric the data cannot give before Ray starts or --out is written
@@ -274,16 +280,21 @@ def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = Fal
 def reseed_best(out, seeds=(1, 2), address: str | None = None) -> list[dict]:
     """Re-run each stage's best config (by the downstream selection metric) with other seeds, so the
     report can give mean +- std over seeds. Re-runs already on the leaderboard are kept."""
-    from ray import tune
-
-    from .tuner import run_stage
-
     settings = _resolve(SweepJob(out=str(out)), resume=True)
     space = SearchSpace.load(settings.space)
     stages = _resolve_metrics(_stages(space, settings), settings.data)
     board = leaderboard.read(out)
     if board.empty:
         raise SweepError(f"{out} has no scored trial yet; run or resume the sweep first")
+    with sweep_lock(out):
+        return _reseed(out, settings, space, stages, board, seeds, address)
+
+
+def _reseed(out, settings, space, stages, board, seeds, address) -> list[dict]:
+    from ray import tune
+
+    from .tuner import run_stage
+
     session = _start(replace(settings, out=str(Path(out).resolve())), address)
     rows = []
     for name, stage in stages.items():
