@@ -95,8 +95,15 @@ def test_a_report_of_only_failed_trials_still_lists_them(tmp_path, data, checkpo
 
 
 @pytest.fixture(scope="module")
-def ray_instance():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="mlem_ray")
+def worker_tmp(tmp_path_factory) -> Path:
+    """The temp dir of every Ray worker of this module: what a sweep leaves there is seen."""
+    return tmp_path_factory.mktemp("worker_tmp")
+
+
+@pytest.fixture(scope="module")
+def ray_instance(worker_tmp):
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="mlem_ray",
+             runtime_env={"env_vars": {"TMPDIR": str(worker_tmp)}})
     yield
     ray.shutdown()
 
@@ -141,7 +148,7 @@ class FailFirstEvaluator(Evaluator):
 
 
 @pytest.mark.ray
-def test_a_stage_goes_on_past_a_failed_scoring_and_an_errored_trial(ray_instance, tmp_path, data):
+def test_a_stage_goes_on_past_a_failed_scoring_and_an_errored_trial(ray_instance, worker_tmp, tmp_path, data):
     from ray import tune
 
     from mlem_ray.sweep.pipeline import _resolve_metrics, evaluator_name
@@ -176,6 +183,11 @@ def test_a_stage_goes_on_past_a_failed_scoring_and_an_errored_trial(ray_instance
     text = build_report(out)
     assert "## Failed and errored trials (2)" in text and "probe exploded" in text
     ray.kill(actor)
+    # the trials' per-epoch checkpoint copies went where the test looks, and none was left there
+    import tempfile
+
+    assert ray.get(ray.remote(tempfile.gettempdir).remote()) == str(worker_tmp)
+    assert not list(worker_tmp.glob("mlem_ray_ckpt_*"))
 
 
 # ---------- one driver per sweep directory ----------
@@ -224,3 +236,19 @@ def test_a_second_sweep_into_a_live_sweeps_out_is_refused_and_a_dead_ones_lock_i
         with sweep_lock(fresh):
             raise RuntimeError("refused later")
     assert not fresh.exists()
+
+
+# ---------- exact resume ----------
+
+
+def test_the_cpu_budget_spent_before_a_resume_still_counts(tmp_path, data):
+    """A run resumed with a CPU budget its first part already used up stops at once: the budget
+    is the run's, not the process's. Without the carry-over it would train the next epoch whole."""
+    first = make_config("coles", {**SMALL, "data.path": str(data), "train.steps_per_epoch": 3})
+    train(first, LocalReporter(tmp_path / "run", stream=None))
+    state = torch.load(tmp_path / "run" / "last" / "model.pt", weights_only=True)["trainer"]
+    assert state["cpu_spent"] > 0 and len(state["rng"]) == 1 and "torch" in state["rng"][0]
+    resumed = make_config("coles", {**SMALL, "data.path": str(data), "train.steps_per_epoch": 3, "train.epochs": 3,
+                                    "train.budget_cpu_s": state["cpu_spent"] * 0.999})
+    metrics = train(resumed, LocalReporter(tmp_path / "run", stream=None), resume=tmp_path / "run" / "last")
+    assert metrics["epoch"] == 1 and "train_loss" not in metrics  # stopped before its first step

@@ -72,14 +72,16 @@ def run_trial(sampled: dict, settings: TrialSettings) -> None:
                         name=tune.get_context().get_trial_id(), cpus_per_worker=settings.cpus_per_worker,
                         callbacks=[TuneReportCallback()])
         return
-    resume = None
+    reporter = TuneReporter(settings.stage.sweep.reported_metric)
+    runtime = Runtime(device=resolve_device(cfg.train.device))
     checkpoint = tune.get_checkpoint()  # set when Tune restores an interrupted trial
-    if checkpoint is not None:
-        resume = checkpoint.to_directory()
-    train(cfg, TuneReporter(settings.stage.sweep.reported_metric), Runtime(device=resolve_device(cfg.train.device)),
-          resume=resume)
-    if resume:
-        shutil.rmtree(resume, ignore_errors=True)
+    if checkpoint is None:
+        train(cfg, reporter, runtime)
+        return
+    # The checkpoint in place on local or shared storage (a temporary copy, removed on exit, only
+    # where it lives elsewhere): restarts leave nothing behind.
+    with checkpoint.as_directory() as resume:
+        train(cfg, reporter, runtime, resume=resume)
 
 
 class ScoreOnComplete(tune.Callback):

@@ -179,13 +179,18 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
 
     steps_per_epoch = len(train_loader) if not cfg.train.steps_per_epoch else min(cfg.train.steps_per_epoch, len(train_loader))
     model = runtime.prepare_model(objective)
+    # Every rank built the same initial weights from train.seed; from here on randomness (dropout)
+    # should differ between ranks, or they all drop the same units. Rank 0 keeps its stream, so a
+    # single-process run is unchanged.
+    if runtime.rank:
+        torch.manual_seed(cfg.train.seed + runtime.rank)
     # Decoupled weight decay (AdamW). With Adam's L2 term, a parameter whose loss gradient is near
     # zero is pulled to zero at about lr per step, because Adam normalises the decay term like any
     # gradient: on Pendulum the generative encoder's GRU weights fell from 0.044 to 0.0005 (mean |w|)
     # within two epochs and its embedding ended up worse than a random encoder's.
     optimizer = torch.optim.AdamW(_param_groups(objective, cfg.optim.weight_decay), lr=cfg.optim.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.train.epochs * steps_per_epoch))
-    start_epoch, best_val = 0, math.inf
+    start_epoch, best_val, cpu_spent = 0, math.inf, 0.0
     if resume:
         ckpt = load_checkpoint(resume, map_location=runtime.device)
         check_schema(ckpt, seqs.schema)
@@ -193,9 +198,10 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
         trainer_state = ckpt.state["trainer"]
         optimizer.load_state_dict(trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
-        torch.set_rng_state(trainer_state["torch_rng"])
+        _restore_rng(trainer_state, cfg, runtime)
         start_epoch = int(trainer_state["epoch"]) + 1
         best_val = float(trainer_state["best_val"])
+        cpu_spent = float(trainer_state.get("cpu_spent", 0.0))  # the budget counts the run, not this process
 
     scorer = None
     if cfg.train.selection != "none" and runtime.is_main:  # Tune sees rank 0's metrics only
@@ -206,7 +212,7 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
     selection: dict = dict(trainer_state.get("selection", {})) if resume else {}
 
     metrics: dict = {}
-    cpu_start = time.process_time()
+    cpu_start = time.process_time() - cpu_spent
     out_of_budget = False
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
@@ -257,21 +263,55 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
                    "epoch_seconds": time.perf_counter() - t0, **train_metrics, **val_metrics,
                    "is_best": bool(improved), **selection}
         checkpoint_dir = None
+        rng = _rng_states(runtime) if scored else None  # every rank's, gathered on every rank
         # Between scored epochs the selection values are the last scored epoch's; a checkpoint there
         # would be ranked by a score that is not its own, so only scored epochs carry one.
         if runtime.is_main and scored:
             checkpoint_dir = Path(tempfile.mkdtemp(prefix="mlem_ray_ckpt_")) / "checkpoint"
             trainer_state = {"epoch": epoch, "best_val": best_val, "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                             "max_len": max_len, "selection": selection}
-            save_checkpoint(checkpoint_dir, cfg, seqs.schema, objective.encoder.state_dict(),
-                            objective.state_dict(), trainer_state, metrics)
-        reporter.report(metrics, checkpoint_dir)
-        if checkpoint_dir is not None and checkpoint_dir.exists():
-            shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
+                             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "rng": rng,
+                             "cpu_spent": time.process_time() - cpu_start, "max_len": max_len,
+                             "selection": selection}
+        try:
+            if checkpoint_dir is not None:
+                save_checkpoint(checkpoint_dir, cfg, seqs.schema, objective.encoder.state_dict(),
+                                objective.state_dict(), trainer_state, metrics)
+            reporter.report(metrics, checkpoint_dir)
+        finally:  # the reporter has copied or moved it; nothing is left in the temp dir, even on error
+            if checkpoint_dir is not None:
+                shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
         if out_of_budget:
             break
     return metrics
+
+
+def _rng_states(runtime: Runtime) -> list[dict]:
+    """The RNG states of every rank (torch CPU, and CUDA when training on a GPU), in rank order,
+    so that a resumed run continues each rank's own stream. A collective: every rank calls it."""
+    mine = {"torch": torch.get_rng_state()}
+    if runtime.device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(runtime.device)
+    if runtime.world_size == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    states: list = [None] * runtime.world_size
+    dist.all_gather_object(states, mine)
+    return [{k: v.cpu() for k, v in s.items()} for s in states]
+
+
+def _restore_rng(trainer_state: dict, cfg: Config, runtime: Runtime) -> None:
+    """Put back this rank's RNG streams. With another number of ranks than the checkpoint's, rank 0
+    continues rank 0's stream and the others start fresh from seed + rank + epoch."""
+    states = trainer_state.get("rng") or [{"torch": trainer_state["torch_rng"]}]
+    same_ranks = len(states) == runtime.world_size
+    if same_ranks or runtime.rank == 0:
+        mine = states[runtime.rank if same_ranks else 0]
+        torch.set_rng_state(mine["torch"].cpu())
+        if runtime.device.type == "cuda" and "cuda" in mine:
+            torch.cuda.set_rng_state(mine["cuda"].cpu(), runtime.device)
+    else:
+        torch.manual_seed(cfg.train.seed + runtime.rank + 1000 * (int(trainer_state["epoch"]) + 1))
 
 
 @torch.no_grad()
