@@ -63,9 +63,6 @@ def preflight(cfg: Config, seqs: EventSequences | None = None, local_device: boo
     if supervised and (seqs.targets is None or not seqs.schema.task):
         raise DataError(f"--method supervised needs a data set with targets; {seqs.path} has none "
                         "(pass --targets to `mlem-ray data ingest`)")
-    train_rows = seqs.labelled("train") if supervised else seqs.indices("train")
-    if len(train_rows) < 2:
-        raise DataError(f"the training split of {seqs.path} has {len(train_rows)} usable sequences; too few to train")
     if cfg.objective.method == "mlem":
         if not cfg.objective.teacher:
             raise ConfigError("MLEM needs a teacher: pass --teacher CKPT (a CoLES checkpoint of the same data)")
@@ -74,6 +71,9 @@ def preflight(cfg: Config, seqs: EventSequences | None = None, local_device: boo
         if teacher.config.objective.method != "coles":
             raise CheckpointError(
                 f"teacher {cfg.objective.teacher} was trained with {teacher.config.objective.method!r}, not coles")
+    train_rows = seqs.labelled("train") if supervised else seqs.indices("train")
+    if len(train_rows) < 2:
+        raise DataError(f"the training split of {seqs.path} has {len(train_rows)} usable sequences; too few to train")
     return seqs
 
 
