@@ -252,3 +252,32 @@ def test_the_cpu_budget_spent_before_a_resume_still_counts(tmp_path, data):
                                     "train.budget_cpu_s": state["cpu_spent"] * 0.999})
     metrics = train(resumed, LocalReporter(tmp_path / "run", stream=None), resume=tmp_path / "run" / "last")
     assert metrics["epoch"] == 1 and "train_loss" not in metrics  # stopped before its first step
+
+
+def test_each_rank_resumes_its_own_rng_stream():
+    from mlem_ray.training.loop import Runtime, _restore_rng
+
+    cfg = make_config("coles", {"train.seed": 7})
+    streams = []
+    for seed in (100, 101):
+        torch.manual_seed(seed)
+        streams.append({"torch": torch.get_rng_state()})
+    two_ranks = {"epoch": 2, "rng": streams, "torch_rng": streams[0]["torch"]}
+    for rank in (0, 1):
+        _restore_rng(two_ranks, cfg, Runtime(rank=rank, world_size=2))
+        torch.manual_seed(100 + rank)
+        expected = torch.rand(3)
+        _restore_rng(two_ranks, cfg, Runtime(rank=rank, world_size=2))
+        assert torch.equal(torch.rand(3), expected)
+    # saved by one rank, resumed by two: rank 0 continues it, rank 1 starts its own stream
+    one_rank = {"epoch": 2, "rng": streams[:1], "torch_rng": streams[0]["torch"]}
+    _restore_rng(one_rank, cfg, Runtime(rank=1, world_size=2))
+    assert torch.initial_seed() == 7 + 1 + 1000 * 3
+    _restore_rng(one_rank, cfg, Runtime(rank=0, world_size=2))
+    torch.manual_seed(100)
+    expected = torch.rand(3)
+    _restore_rng(one_rank, cfg, Runtime(rank=0, world_size=2))
+    assert torch.equal(torch.rand(3), expected)
+    # a checkpoint from before per-rank streams (torch_rng only) still resumes rank 0 exactly
+    _restore_rng({"epoch": 0, "torch_rng": streams[1]["torch"]}, cfg, Runtime())
+    assert torch.equal(torch.rand(3), (torch.manual_seed(101), torch.rand(3))[1])
