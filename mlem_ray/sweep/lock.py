@@ -57,8 +57,6 @@ def sweep_lock(out):
         except FileExistsError:
             holder = _holder(lock)
             if _live(holder):
-                if created:
-                    out.rmdir() if not any(out.iterdir()) else None
                 since = time.strftime("%H:%M:%S", time.localtime(holder.get("since", 0)))
                 raise SweepError(f"--out {out} is in use by another sweep (pid {holder['pid']} on "
                                  f"{holder['host']}, since {since}); wait for it to end or choose another --out") from None

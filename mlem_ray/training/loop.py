@@ -19,7 +19,7 @@ from torch import nn
 from ..config import Config
 from ..data.batching import FullCollator, SequenceDataset, SliceCollator, SliceSampler
 from ..data.prepared import EventSequences
-from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, ResourceError  # noqa: F401
+from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, ResourceError
 from .checkpoint import check_schema, load_checkpoint, load_encoder, save_checkpoint
 
 
