@@ -5,11 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .data.schema import DataError
-
-
-class UsageError(ValueError):
-    """Bad user input outside the data layer (config, checkpoints, cluster resources)."""
+from .errors import DataError, NonFiniteLossError, UsageError, UserError
 
 
 def _csv_list(text: str | None) -> tuple[str, ...]:
@@ -93,11 +89,16 @@ def _pretrain(args) -> int:
     import shutil
 
     from .training import LocalReporter, train
+    from .training.loop import preflight
 
     _check_data_dir(args.data)
     cfg = _run_config(args)
+    if args.workers < 1 or args.gpus_per_worker < 0:
+        raise UsageError("--workers must be >= 1 and --gpus-per-worker >= 0")
     if cfg.objective.method == "mlem" and not cfg.objective.teacher:
         raise UsageError("--method mlem needs --teacher CKPT: a CoLES checkpoint trained on the same data")
+    # Everything refusable is refused before --out is touched.
+    preflight(cfg, local_device=args.workers == 1 and not args.gpus_per_worker)
     out = Path(args.out or f"runs/pretrain-{cfg.objective.method}")
     resume = None
     if args.resume:
@@ -108,8 +109,6 @@ def _pretrain(args) -> int:
         if not args.overwrite:
             raise UsageError(f"--out {out} already holds a run; pass --resume to continue it or --overwrite to start over")
         shutil.rmtree(out)
-    if args.workers < 1 or args.gpus_per_worker < 0:
-        raise UsageError("--workers must be >= 1 and --gpus-per-worker >= 0")
     if args.workers > 1 or args.gpus_per_worker > 0:
         return _pretrain_distributed(args, cfg, out, resume)
     print(f"pretraining {cfg.objective.method} on {args.data} -> {out}", flush=True)
@@ -131,11 +130,9 @@ def _pretrain_distributed(args, cfg, out: Path, resume) -> int:
     import ray
 
     from .training.ray_train import run_distributed
-    from .training.resources import check_gpus
+    from .training.resources import check_gpus, connect
 
-    # The dashboard's state API lets Train clean up placement groups of stopped runs (DESIGN.md).
-    ray.init(address=args.address or None, namespace="mlem_ray", ignore_reinit_error=True,
-             **({} if args.address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
+    connect(args.address)
     check_gpus(args.gpus_per_worker, args.workers)
     global_batch = cfg.data.batch_size * args.workers
     print(f"pretraining {cfg.objective.method} on {args.data} with {args.workers} Ray Train workers "
@@ -159,6 +156,8 @@ def _evaluate(args) -> int:
 
     from .evaluation.evaluate import evaluate_checkpoint
 
+    if args.folds < 2:
+        raise UsageError(f"--folds must be at least 2 (cross-validation), got {args.folds}")
     _check_data_dir(args.data)
     result = evaluate_checkpoint(args.checkpoint, args.data, folds=args.folds, seed=args.seed,
                                  robustness=args.robustness, progress=True)
@@ -335,29 +334,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .config import ConfigError
-    from .sweep.pipeline import SweepError
-    from .sweep.report import ReportError
-    from .sweep.space import SpaceError
-    from .training.checkpoint import CheckpointError
-    from .training.resources import ResourceError
-
+    # Bad input (errors.UserError, from any layer) is one line and exit 2; anything else is a bug
+    # and keeps its traceback.
     try:
         return args.func(args)
-    except (DataError, UsageError, ConfigError, CheckpointError, SweepError, SpaceError, ReportError,
-            ResourceError) as e:
-        print(f"mlem-ray {args.command}: error: {e}", file=sys.stderr)
+    except UserError as e:
+        print(f"mlem-ray {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except Exception as e:
-        from .training.loop import NonFiniteLossError
-
-        if isinstance(e, NonFiniteLossError):
-            print(f"mlem-ray {args.command}: error: {e}", file=sys.stderr)
-            return 1
-        raise
+    except NonFiniteLossError as e:
+        print(f"mlem-ray {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -12,11 +12,9 @@ from dataclasses import dataclass, field, fields
 
 import yaml
 
+from .errors import ConfigError  # noqa: F401  (re-exported)
+
 METHODS = ("coles", "generative", "hybrid", "mlem", "supervised")
-
-
-class ConfigError(ValueError):
-    """A bad configuration value or key: reported as one line with exit code 2."""
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,9 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..data.schema import DataError
+from ..errors import DataError, SweepError  # noqa: F401  (SweepError re-exported)
 from ..evaluation import leaderboard
+from .lock import sweep_lock
 from .space import SearchSpace, StageSpace
 
 # Each epoch checkpoints, so Tune's snapshot-frequency warning would fire on every small trial
@@ -37,10 +38,6 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 DEFAULT_SPACE = "quick.yaml"
 DEMO_SEQUENCES = 2000
-
-
-class SweepError(ValueError):
-    """Bad sweep input (paths, resources, resume state): one line, exit code 2."""
 
 
 def search_space_dir() -> Path:
@@ -145,15 +142,6 @@ def _resolve_metrics(stages: dict[str, StageSpace], data: str) -> dict[str, Stag
     return {name: stage.resolved(default) for name, stage in stages.items()}
 
 
-def _init_ray(address: str | None):
-    import ray
-
-    if ray.is_initialized():
-        return
-    ray.init(address=address or None, namespace="mlem_ray", log_to_driver=True,
-             **({} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
-
-
 @dataclass
 class _Session:
     """What the stages of one sweep share once Ray is up."""
@@ -220,9 +208,9 @@ def _start(settings: SweepJob, address: str | None) -> _Session:
 
     from ..evaluation.actor import get_or_create_actor
 
-    from ..training.resources import check_gpus
+    from ..training.resources import check_gpus, connect
 
-    _init_ray(address)
+    connect(address)
     resources = ray.cluster_resources()
     check_gpus(settings.gpus_per_worker, settings.workers_per_trial, resources)
     alive = [n for n in ray.nodes() if n.get("Alive")]
@@ -254,9 +242,14 @@ def evaluator_name(out) -> str:
 
 
 def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = False) -> dict:
+    settings = _resolve(settings, resume)
+    with sweep_lock(settings.out):
+        return _run_sweep(settings, address, resume)
+
+
+def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
     from .tuner import run_stage
 
-    settings = _resolve(settings, resume)
     space = SearchSpace.load(settings.space)
     stages = _stages(space, settings)
     if settings.data:  # refuse a metric the data cannot give before anything is written
@@ -274,7 +267,9 @@ def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = Fal
         rows = run_stage(name, stage, out, stage_fixed, session.actor, session.actor_name, settings.cpus_per_trial,
                          max_concurrent, resume=resume, trials=settings.trials or None, **session.stage_kwargs())
         best = leaderboard.best(rows)
-        summary["stages"][name] = {"method": stage.method, "scored": len(rows), "best": best}
+        failed = [r for r in rows if not leaderboard.is_ok(r)]
+        summary["stages"][name] = {"method": stage.method, "scored": len(rows) - len(failed), "failed": failed,
+                                   "best": best}
         if name == "teacher" and space.is_two_stage:
             teacher = leaderboard.pick_teacher(rows, stage.sweep.finalists)
             if teacher is None:
@@ -289,16 +284,21 @@ def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = Fal
 def reseed_best(out, seeds=(1, 2), address: str | None = None) -> list[dict]:
     """Re-run each stage's best config (by the downstream selection metric) with other seeds, so the
     report can give mean +- std over seeds. Re-runs already on the leaderboard are kept."""
-    from ray import tune
-
-    from .tuner import run_stage
-
     settings = _resolve(SweepJob(out=str(out)), resume=True)
     space = SearchSpace.load(settings.space)
     stages = _resolve_metrics(_stages(space, settings), settings.data)
     board = leaderboard.read(out)
     if board.empty:
         raise SweepError(f"{out} has no scored trial yet; run or resume the sweep first")
+    with sweep_lock(out):
+        return _reseed(out, settings, space, stages, board, seeds, address)
+
+
+def _reseed(out, settings, space, stages, board, seeds, address) -> list[dict]:
+    from ray import tune
+
+    from .tuner import run_stage
+
     session = _start(replace(settings, out=str(Path(out).resolve())), address)
     rows = []
     for name, stage in stages.items():
@@ -319,6 +319,8 @@ def _print_summary(out: Path, summary: dict) -> None:
     print("\nsweep finished")
     for name, s in summary["stages"].items():
         b = s["best"]
+        for row in s.get("failed", []):
+            print(f"  {name:<20} trial {row['trial_id']} {row['status']}: {row['error']}")
         if b:
             test = {k: v for k, v in b.items() if k.startswith("tree_test_")}
             test_text = ", ".join(f"{k} {v:.4g}" for k, v in test.items())

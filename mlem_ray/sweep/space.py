@@ -71,6 +71,7 @@ import yaml
 from mlem_ray.config import METHODS, Config, ConfigError, make_config
 from mlem_ray.evaluation.selection import METRICS as SELECTION_METRICS
 from mlem_ray.evaluation.selection import REPORTED
+from ..errors import SpaceError  # noqa: F401  (re-exported)
 
 PARAM_TYPES = ("float", "log_float", "int", "categorical")
 _DIST_KEYS = ("type", "low", "high", "log", "step", "choices")
@@ -90,10 +91,6 @@ _RESERVED = {
 FROM_TEACHER = {
     "objective.teacher": "the teacher checkpoint comes from stage 1",
 }
-
-
-class SpaceError(ValueError):
-    """A bad search-space file: one line naming the file and the key."""
 
 
 # Keys that change the scale of the training loss, or the task its validation value measures: a

@@ -82,17 +82,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     runtime = Runtime(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), device=device,
                       prepare_model=lambda m: ray.train.torch.prepare_model(m, move_to_device=False))
-    resume = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        resume = checkpoint.to_directory()
-    elif loop_config.get("resume"):
-        resume = loop_config["resume"]
     hook = None
     if loop_config.get(FAIL_ONCE_MARKER) is not None:
         hook = _fail_once(loop_config["marker_dir"], loop_config[FAIL_ONCE_MARKER])
-    train(cfg, TrainReporter(ranking_metric(cfg)[0], loop_config.get("log_dir")), runtime, resume=resume,
-          on_batch=hook)
+    reporter = TrainReporter(ranking_metric(cfg)[0], loop_config.get("log_dir"))
+    checkpoint = ray.train.get_checkpoint()  # set when Train restarts the group after a failure
+    if checkpoint is None:
+        train(cfg, reporter, runtime, resume=loop_config.get("resume"), on_batch=hook)
+        return
+    # In place on shared storage; a temporary copy (removed on exit) only where it lives elsewhere.
+    with checkpoint.as_directory() as resume:
+        train(cfg, reporter, runtime, resume=resume, on_batch=hook)
 
 
 def run_distributed(cfg: Config, workers: int, gpus_per_worker: float, storage: Path, name: str,
