@@ -125,14 +125,18 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     budget_cpu_s: float = 0.0  # stop once the run has used this much process CPU time (0: no limit);
     # compares methods at equal compute, unaffected by other load on the machine
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler); training/accel.py
+    prefetch: int = 0  # batches built ahead of the step in a background thread (0: built in the step)
+    loader_workers: int = 0  # DataLoader worker processes building batches (0: in the training process)
 
     def __post_init__(self):
         _positive(self, "epochs")
         if self.budget_cpu_s < 0:
             raise ConfigError("train.budget_cpu_s must be >= 0")
         _choice(self, "device", ("auto", "cpu", "cuda"))
-        if self.steps_per_epoch < 0 or self.threads < 0:
-            raise ConfigError("train.steps_per_epoch and train.threads must be >= 0")
+        _choice(self, "precision", ("fp32", "bf16", "fp16"))
+        if min(self.steps_per_epoch, self.threads, self.prefetch, self.loader_workers) < 0:
+            raise ConfigError("train.steps_per_epoch, threads, prefetch and loader_workers must be >= 0")
 
 
 @dataclass(frozen=True)

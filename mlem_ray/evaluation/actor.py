@@ -47,11 +47,11 @@ class Evaluator:
     """The actor's body (plain class, so it is testable without Ray)."""
 
     def __init__(self, sweep_dir, data_path, folds: int = 5, seed: int = 0, tree_iters: int = 300,
-                 robustness: bool = False, threads: int = 1):
+                 robustness: bool = False, threads: int = 1, device: str = "cpu"):
         self.sweep_dir = Path(sweep_dir)
         self.data_path = str(data_path)
         self.folds, self.seed, self.tree_iters, self.robustness = folds, seed, tree_iters, robustness
-        self.threads = threads
+        self.threads, self.device = threads, device
         self.board = read_leaderboard(self.sweep_dir)
         self.restored_rows = len(self.board)
         # Scores run one at a time; the lock lets info() and rows() answer while a score is running.
@@ -79,7 +79,8 @@ class Evaluator:
 
         with threadpool_limits(self.threads):
             result = evaluate_checkpoint(checkpoint, self.data_path, kinds=("tree", "linear"), folds=self.folds,
-                                         seed=self.seed, robustness=self.robustness, tree_iters=self.tree_iters)
+                                         seed=self.seed, robustness=self.robustness, tree_iters=self.tree_iters,
+                                         device=self.device)
         metric, mode = selection_metric(result["task"])
         row = {
             "trial_id": trial_id, "stage": stage, "method": method, "checkpoint": str(checkpoint),
@@ -119,11 +120,12 @@ class Evaluator:
         return {"pid": os.getpid(), "rows": len(self.board), "restored_rows": self.restored_rows}
 
 
-def get_or_create_actor(sweep_dir, data_path, name: str, cpus: float = 0.0, **kwargs):
-    """The named actor of this sweep (DESIGN.md pattern): created once, found again by name."""
+def get_or_create_actor(sweep_dir, data_path, name: str, cpus: float = 0.0, gpus: float = 0.0, **kwargs):
+    """The named actor of this sweep (DESIGN.md pattern): created once, found again by name.
+    With `gpus` > 0 it holds that share of a GPU and embeds on it (the probes stay on CPU)."""
     import ray
 
     actor_cls = ray.remote(Evaluator)
-    return actor_cls.options(name=name, namespace="mlem_ray", get_if_exists=True, num_cpus=cpus, max_concurrency=2,
-                             max_restarts=-1, max_task_retries=-1, lifetime=None).remote(
-        str(sweep_dir), str(data_path), **kwargs)
+    return actor_cls.options(name=name, namespace="mlem_ray", get_if_exists=True, num_cpus=cpus, num_gpus=gpus,
+                             max_concurrency=2, max_restarts=-1, max_task_retries=-1, lifetime=None).remote(
+        str(sweep_dir), str(data_path), device="cuda" if gpus > 0 else "cpu", **kwargs)

@@ -19,6 +19,7 @@ from torch import nn
 from ..config import Config
 from ..data.batching import FullCollator, SequenceDataset, SliceCollator, SliceSampler
 from ..data.prepared import EventSequences
+from .accel import Precision, prefetch
 from .checkpoint import check_schema, load_checkpoint, load_encoder, save_checkpoint
 
 
@@ -83,8 +84,11 @@ def _batches(seqs, rows, kind, cfg: Config, runtime: Runtime, shuffle: bool, max
     )
     sampler = EpochSampler(len(rows), shuffle, cfg.train.seed, runtime.rank, runtime.world_size)
     # Equal batch counts and sizes on every rank (collectives in the losses need both).
+    # On a GPU the loader pins each batch, so the loop's non_blocking copies are asynchronous.
     loader = torch.utils.data.DataLoader(SequenceDataset(seqs, rows), batch_size=batch_size, sampler=sampler,
-                                         collate_fn=collate, drop_last=runtime.world_size > 1 and shuffle)
+                                         collate_fn=collate, drop_last=runtime.world_size > 1 and shuffle,
+                                         num_workers=cfg.train.loader_workers,
+                                         pin_memory=runtime.device.type == "cuda")
     return loader, sampler, collate
 
 
@@ -172,6 +176,7 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
     # within two epochs and its embedding ended up worse than a random encoder's.
     optimizer = torch.optim.AdamW(_param_groups(objective, cfg.optim.weight_decay), lr=cfg.optim.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.train.epochs * steps_per_epoch))
+    precision = Precision(cfg.train.precision, runtime.device)
     start_epoch, best_val = 0, math.inf
     if resume:
         ckpt = load_checkpoint(resume, map_location=runtime.device)
@@ -180,6 +185,7 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
         trainer_state = ckpt.state["trainer"]
         optimizer.load_state_dict(trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
+        precision.load_state_dict(trainer_state.get("grad_scaler"))
         torch.set_rng_state(trainer_state["torch_rng"])
         start_epoch = int(trainer_state["epoch"]) + 1
         best_val = float(trainer_state["best_val"])
@@ -194,7 +200,8 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
             train_collate.set_epoch(epoch)
         model.train()
         sums: dict[str, float] = {}
-        for step, batch in enumerate(train_loader):
+        # The prefetch generator is closed (its thread joined) as soon as the loop drops it.
+        for step, batch in enumerate(prefetch(train_loader, cfg.train.prefetch)):
             if step >= steps_per_epoch:
                 break
             if cfg.train.budget_cpu_s:
@@ -205,7 +212,8 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
             if on_batch is not None:
                 batch = on_batch(epoch, step, batch)
             batch = batch.to(runtime.device, non_blocking=True)
-            out = model(batch)
+            with precision.autocast():
+                out = model(batch)
             loss = out["loss"]
             finite = torch.isfinite(loss).to(torch.float64)
             if runtime.world_size > 1:
@@ -217,14 +225,12 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
                     f"checkpoint is kept. Lower optim.lr, check the data for extreme values, or keep optim.clip_grad on"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.clip_grad:
-                nn.utils.clip_grad_norm_(objective.parameters(), cfg.optim.clip_grad)
-            optimizer.step()
+            precision.backward_step(loss, optimizer, objective.parameters(), cfg.optim.clip_grad)
             scheduler.step()
             _accumulate(sums, out, len(batch))
         train_metrics = _mean_metrics(sums, "train", runtime)
-        val_metrics = _validate(model, val_loader, val_collate, kind, runtime)
+        with precision.autocast():
+            val_metrics = _validate(model, val_loader, val_collate, kind, runtime)
         val_loss = val_metrics.get("val_loss", train_metrics.get("train_loss", math.nan))
         improved = val_loss < best_val
         best_val = min(best_val, val_loss)
@@ -236,7 +242,7 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
             checkpoint_dir = Path(tempfile.mkdtemp(prefix="mlem_ray_ckpt_")) / "checkpoint"
             trainer_state = {"epoch": epoch, "best_val": best_val, "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                             "max_len": max_len}
+                             "max_len": max_len, "grad_scaler": precision.state_dict()}
             save_checkpoint(checkpoint_dir, cfg, seqs.schema, objective.encoder.state_dict(),
                             objective.state_dict(), trainer_state, metrics)
         reporter.report(metrics, checkpoint_dir)
@@ -256,7 +262,7 @@ def _validate(model, loader, collate, kind, runtime: Runtime) -> dict:
     model.eval()
     sums: dict[str, float] = {}
     for batch in loader:
-        _accumulate(sums, model(batch.to(runtime.device)), len(batch))
+        _accumulate(sums, model(batch.to(runtime.device, non_blocking=True)), len(batch))
     return _mean_metrics(sums, "val", runtime)
 
 
