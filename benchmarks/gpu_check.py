@@ -89,7 +89,8 @@ class KeepLast:
 
 def timed_train(figure: str, data: Path, method: str, device: str, precision: str, warmup: int, steps: int,
                 batch: int = 64, keep: Path | None = None, teacher: Path | None = None, prefetch: int = 0,
-                workers: int = 0, gru_fp32: bool = True, profile: bool = False) -> dict:
+                workers: int = 0, gru_fp32: bool = True, profile: bool = False, threads: int = 0,
+                quiet: bool = False) -> dict:
     """Steps/s of `training.loop.train` itself: the time between the on_batch hook of step `warmup`
     and of step `warmup + steps` (the loop reads the loss every step, which waits for the device),
     all inside one epoch. `profile`: also emit the ops that took the most device (or CPU) time."""
@@ -104,7 +105,8 @@ def timed_train(figure: str, data: Path, method: str, device: str, precision: st
     overrides = {"data.path": str(data), "model.hidden": 256, "model.cat_emb_dim": 16, "data.batch_size": batch,
                  "data.slices": 5, "data.slice_min": 25, "data.slice_max": 100, "train.epochs": 1,
                  "train.steps_per_epoch": warmup + steps + 1, "train.device": device,
-                 "train.precision": precision, "train.prefetch": prefetch, "train.loader_workers": workers}
+                 "train.precision": precision, "train.prefetch": prefetch, "train.loader_workers": workers,
+                 "train.threads": threads}
     if teacher is not None:
         overrides["objective.teacher"] = str(teacher)
     cfg = make_config(method, overrides)
@@ -156,7 +158,8 @@ def timed_train(figure: str, data: Path, method: str, device: str, precision: st
         out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if prof is not None:
         out["profile_top"] = top_ops(prof, device, steps)
-    emit(figure, **out)
+    if not quiet:
+        emit(figure, **out)
     return out
 
 
