@@ -125,12 +125,16 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     budget_cpu_s: float = 0.0  # stop once the run has used this much process CPU time (0: no limit);
     # compares methods at equal compute, unaffected by other load on the machine
+    selection: str = "none"  # in-trial selection score each epoch: none | probe | rankme (evaluation/selection.py)
+    selection_every: int = 1  # score every N epochs (and the last); only scored epochs carry a checkpoint
+    selection_size: int = 4096  # at most this many training-pool sequences are embedded for the score
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler); training/accel.py
     prefetch: int = 0  # batches built ahead of the step in a background thread (0: built in the step)
     loader_workers: int = 0  # DataLoader worker processes building batches (0: in the training process)
 
     def __post_init__(self):
-        _positive(self, "epochs")
+        _positive(self, "epochs", "selection_every", "selection_size")
+        _choice(self, "selection", ("none", "probe", "rankme"))
         if self.budget_cpu_s < 0:
             raise ConfigError("train.budget_cpu_s must be >= 0")
         _choice(self, "device", ("auto", "cpu", "cuda"))
