@@ -5,7 +5,9 @@ per figure, and appends them to --json.
 Workload (DESIGN.md's standard one): 10,000 clients x ~100 events (make_synthetic_events.py when
 found, else the same-shaped table of benchmarks/ingest.py); GRU 256, mcc embedding 16, channel 4.
 - coles_train: batch 64 clients x 5 slices of 25..100 events, through `training.loop.train`
-  (prefetch thread, pinned batches, train.precision), steps timed between consecutive steps.
+  (pinned batches, train.precision, and loader_workers / prefetch where a figure says so), timed
+  between steps inside one epoch. Variants: bf16 with the GRU recurrence in bf16 too (gru_fp32
+  false), batch 256, DataLoader workers, the prefetch thread; --profile adds per-op device times.
 - mlem_train: MLEM (transformer decoder, SigLIP to a frozen CoLES teacher: the checkpoint the
   fp32 CoLES figure just wrote), batch 64 whole sequences (up to 1000 events).
 - infer: `evaluation.embed.embed_rows` over every client, batch 256, whole sequences.
