@@ -260,6 +260,7 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
             _accumulate(sums, out, len(batch))
         if batches is not source:
             batches.close()
+        source.close()  # join the prefetch thread before the next epoch moves the collator on
         source.close()
         train_metrics = _mean_metrics(sums, "train", runtime)
         with precision.autocast():
