@@ -261,7 +261,6 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
         if batches is not source:
             batches.close()
         source.close()  # join the prefetch thread before the next epoch moves the collator on
-        source.close()
         train_metrics = _mean_metrics(sums, "train", runtime)
         with precision.autocast():
             val_metrics = _validate(model, val_loader, val_collate, kind, runtime)
