@@ -119,18 +119,16 @@ class Evaluator:
                                    seed=self.seed, robustness=self.robustness, tree_iters=self.tree_iters)
 
     def _tensorboard(self, row: dict, params: dict, trial_dir: str) -> None:
-        """Downstream metrics as an HParams run beside the trial's own curves, and the leaderboard
-        as scalars in `<sweep>/tensorboard_leaderboard`."""
+        """The trial's HParams session (swept values, in-trial and downstream metrics) beside its
+        own curves (evaluation/hparams.py), and the leaderboard as scalars in
+        `<sweep>/tensorboard_leaderboard`."""
         from tensorboardX import SummaryWriter
 
-        metrics = {f"downstream/{k}": v for k, v in row.items()
-                   if isinstance(v, float) and k not in ("scored_at", "seed")}
-        metrics[f"selection/{row['selection_metric']}"] = row["selection_value"]
-        hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
-        hparams.update({"method": row["method"], "stage": row["stage"]})
+        from . import hparams
+
         where = Path(trial_dir) if trial_dir else self.sweep_dir / row["stage"] / row["trial_id"]
-        with SummaryWriter(str(where / "downstream")) as w:
-            w.add_hparams(hparams, metrics, name=".")
+        hparams.write_session(where / hparams.RUN, hparams.session_hparams(params, row["stage"], row["method"]),
+                              hparams.session_metrics(row), group=row["reseed_of"] or row["trial_id"])
         with SummaryWriter(str(self.sweep_dir / "tensorboard_leaderboard")) as w:
             step = len(self.board)
             w.add_scalar(f"leaderboard/{row['stage']}/{row['primary_metric']}", row["primary_value"], step)

@@ -10,7 +10,9 @@ Sweep directory layout (`--out`):
   sweep.json              the sweep's settings (so `--resume` needs only `--out`)
   space.yaml              the search space used
   data/                   the generated Pendulum set when no --data was given
-  <stage>/<trial_id>/     Tune trials: TensorBoard curves, HParams, checkpoints
+  <stage>/<trial_id>/     Tune trials: TensorBoard curves, checkpoints; hparams/ its HParams session
+  optuna.journal          every stage's Optuna study (sweep/optuna_storage.py)
+  mlflow.db, wandb/       with --tracker mlflow|wandb (sweep/trackers.py)
   leaderboard.parquet     one row per scored trial (the evaluation actor's)
   tensorboard_leaderboard/
   teacher.json            the chosen teacher (two-stage sweeps)
@@ -58,6 +60,7 @@ class SweepJob:
     cpus_per_trial: float = 1.0
     folds: int = 5
     sequences: int = DEMO_SEQUENCES
+    trackers: list = field(default_factory=list)  # mlflow, wandb (sweep/trackers.py)
 
 
 def _resolve(settings: SweepJob, resume: bool) -> SweepJob:
@@ -165,7 +168,8 @@ class _Session:
         return stage.sweep.max_concurrent or max(1, int((self.cpus - self.actor_cpus) // per_trial))
 
     def stage_kwargs(self) -> dict:
-        return {"workers": self.settings.workers_per_trial, "gpus_per_worker": self.settings.gpus_per_worker}
+        return {"workers": self.settings.workers_per_trial, "gpus_per_worker": self.settings.gpus_per_worker,
+                "trackers": tuple(self.settings.trackers)}
 
 
 def check_storage_reachable(out: Path, nodes: list[dict], timeout_s: float = 60.0) -> None:

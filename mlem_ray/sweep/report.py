@@ -11,6 +11,9 @@ and writes into ``<sweep>/report/`` (or ``out_dir``):
   report.md             the text below, also returned (the CLI prints it)
   metric_vs_trial.png   the primary downstream metric in scoring order, per method, with the running best
   methods.png           each method's best primary value (error bars where the best was re-seeded)
+  selection_vs_downstream.png  in-trial score and val_loss vs the downstream metric (Spearman's rho)
+  optuna_<stage>_*.png  Optuna's importances, parallel coordinates, slices, history (report_plots.py)
+  projector/            TensorBoard projector of the best checkpoint's embeddings
 
 Sections of the text:
 
@@ -67,7 +70,7 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
     if len(board):
         groups = summarize(board)
         scored = [*leaderboard_section(groups, board, sweep_dir), "", *metrics_section(groups), "",
-                  *importance_section(board, sweep_dir), "", *plots_section(board, groups, out_dir)]
+                  *importance_section(board, sweep_dir), "", *plots_section(board, groups, out_dir, sweep_dir)]
     else:
         scored = ["No trial was scored: every trial on the leaderboard failed or errored (below)."]
     text = "\n".join([
@@ -384,11 +387,24 @@ def _cast(param_spec, value):
 # plots
 
 
-def plots_section(board: pd.DataFrame, groups: list[MethodSummary], out_dir: Path) -> list[str]:
+def plots_section(board: pd.DataFrame, groups: list[MethodSummary], out_dir: Path, sweep_dir: Path | None = None) -> list[str]:
+    from . import report_plots
+
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [plot_metric_vs_trial(board, out_dir / "metric_vs_trial.png"),
              plot_methods(groups, out_dir / "methods.png")]
-    return ["## Plots", ""] + [f"- {p}" for p in paths]
+    lines = ["## Plots", ""] + [f"- {p}" for p in paths]
+    lines += ["", "## Does the in-trial score agree with the downstream score?", ""]
+    lines += report_plots.selection_scatter(board, out_dir / "selection_vs_downstream.png", _figure)
+    if sweep_dir is None:
+        return lines
+    lines += ["", "## Optuna's view of each stage's study (value: the in-trial score)", ""]
+    lines += report_plots.optuna_plots(sweep_dir, out_dir)
+    state = Path(sweep_dir) / "sweep.json"
+    data = json.loads(state.read_text()).get("data") if state.exists() else None
+    lines += ["", "## Embeddings of the best checkpoint (TensorBoard projector)", ""]
+    lines += report_plots.projector(board, out_dir, data)
+    return lines
 
 
 def _figure(width=7.0, height=4.0):

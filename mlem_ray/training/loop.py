@@ -37,6 +37,7 @@ class Runtime:
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m
+    progress: bool = False  # a tqdm bar per epoch (on a terminal only; the reporter prints the epoch line)
 
     @property
     def is_main(self) -> bool:
@@ -221,7 +222,8 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
             train_collate.set_epoch(epoch)
         model.train()
         sums: dict[str, float] = {}
-        for step, batch in enumerate(train_loader):
+        batches = _progress(train_loader, steps_per_epoch, epoch, runtime)
+        for step, batch in enumerate(batches):
             if step >= steps_per_epoch:
                 break
             if cfg.train.budget_cpu_s:
@@ -250,6 +252,8 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
             optimizer.step()
             scheduler.step()
             _accumulate(sums, out, len(batch))
+        if batches is not train_loader:
+            batches.close()
         train_metrics = _mean_metrics(sums, "train", runtime)
         val_metrics = _validate(model, val_loader, val_collate, kind, runtime)
         val_loss = val_metrics.get("val_loss", train_metrics.get("train_loss", math.nan))
@@ -312,6 +316,16 @@ def _restore_rng(trainer_state: dict, cfg: Config, runtime: Runtime) -> None:
             torch.cuda.set_rng_state(mine["cuda"].cpu(), runtime.device)
     else:
         torch.manual_seed(cfg.train.seed + runtime.rank + 1000 * (int(trainer_state["epoch"]) + 1))
+
+
+def _progress(loader, steps: int, epoch: int, runtime: Runtime):
+    """The epoch's batches, behind a progress bar when asked for and stderr is a terminal (tqdm's
+    disable=None); elsewhere (logs, Tune trials) the reporter's one line per epoch is the record."""
+    if not (runtime.progress and runtime.is_main):
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, total=steps, desc=f"epoch {epoch}", unit="step", leave=False, disable=None)
 
 
 @torch.no_grad()
