@@ -201,16 +201,17 @@ def _sweep(args) -> int:
 
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
-    if args.workers_per_trial < 1 or args.gpus_per_worker < 0:
-        raise UsageError("--workers-per-trial must be >= 1 and --gpus-per-worker >= 0")
+    if args.workers_per_trial < 1 or args.gpus_per_worker < 0 or args.eval_gpus < 0:
+        raise UsageError("--workers-per-trial must be >= 1, --gpus-per-worker and --eval-gpus >= 0")
     from .sweep.trackers import missing
 
     if missing(args.tracker or []):
         raise UsageError(missing(args.tracker or []))
     settings = SweepJob(out=str(args.out), data=str(args.data or ""), space=str(args.space or ""),
-                             trials=args.trials or 0, methods=list(_csv_list(args.methods)),
-                             gpus_per_worker=args.gpus_per_worker, workers_per_trial=args.workers_per_trial,
-                             sequences=args.sequences, trackers=list(dict.fromkeys(args.tracker or [])))
+                        trials=args.trials or 0, methods=list(_csv_list(args.methods)),
+                        gpus_per_worker=args.gpus_per_worker, workers_per_trial=args.workers_per_trial,
+                        sequences=args.sequences, eval_gpus=args.eval_gpus,
+                        trackers=list(dict.fromkeys(args.tracker or [])))
     run_sweep(settings, address=args.address, resume=args.resume)
     return 0
 
@@ -318,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers-per-trial", type=int, default=1,
                    help="DDP workers per trial; > 1 runs each trial as a Ray Train TorchTrainer (default %(default)s: inline)")
     q.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per trial worker (default %(default)s: CPU)")
+    q.add_argument("--eval-gpus", type=float, default=0.0,
+                   help="GPU share the evaluation actor holds to embed checkpoints (default %(default)s: CPU)")
     q.add_argument("--sequences", type=int, default=2000, help="Pendulum size when no --data is given (default %(default)s)")
     q.add_argument("--tracker", action="append", choices=["mlflow", "wandb"],
                    help="also log every trial, with its downstream scores, to MLflow (a SQLite store OUT/mlflow.db "

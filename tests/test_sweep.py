@@ -16,7 +16,7 @@ from mlem_ray.evaluation.actor import Evaluator
 from mlem_ray.evaluation.leaderboard import read as read_leaderboard  # noqa: E402
 from mlem_ray.evaluation import leaderboard  # noqa: E402
 from mlem_ray.evaluation.leaderboard import pick_teacher  # noqa: E402
-from mlem_ray.sweep.pipeline import SweepJob, evaluator_name, run_sweep  # noqa: E402
+from mlem_ray.sweep.pipeline import SweepError, SweepJob, evaluator_name, run_sweep  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -149,6 +149,14 @@ def test_gpus_that_do_not_exist_are_refused_fast(tmp_path, data):
     with pytest.raises(ResourceError, match="the Ray cluster has 0"):
         run_sweep(SweepJob(out=str(tmp_path / "s"), data=str(data), space=str(space_file(tmp_path)),
                                 gpus_per_worker=1))
+    assert time.time() - t0 < 30
+    assert not (tmp_path / "s" / "sweep.json").exists()
+
+
+def test_an_evaluation_gpu_that_does_not_exist_is_refused_fast(tmp_path, data):
+    t0 = time.time()
+    with pytest.raises(SweepError, match="--eval-gpus 1 but the Ray cluster has 0 GPUs"):
+        run_sweep(SweepJob(out=str(tmp_path / "s"), data=str(data), space=str(space_file(tmp_path)), eval_gpus=1))
     assert time.time() - t0 < 30
     assert not (tmp_path / "s" / "sweep.json").exists()
 

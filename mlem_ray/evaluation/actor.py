@@ -30,11 +30,11 @@ class Evaluator:
     """The actor's body (plain class, so it is testable without Ray)."""
 
     def __init__(self, sweep_dir, data_path, folds: int = 5, seed: int = 0, tree_iters: int = 300,
-                 robustness: bool = False, threads: int = 1):
+                 robustness: bool = False, threads: int = 1, device: str = "cpu"):
         self.sweep_dir = Path(sweep_dir)
         self.data_path = str(data_path)
         self.folds, self.seed, self.tree_iters, self.robustness = folds, seed, tree_iters, robustness
-        self.threads = threads
+        self.threads, self.device = threads, device
         self.board = leaderboard.read(self.sweep_dir)
         self.restored_rows = len(self.board)
         # Scores run one at a time; the lock lets info() and rows() answer while a score is running.
@@ -116,7 +116,8 @@ class Evaluator:
         from .evaluate import evaluate_checkpoint
 
         return evaluate_checkpoint(checkpoint, self.data_path, kinds=("tree", "linear"), folds=self.folds,
-                                   seed=self.seed, robustness=self.robustness, tree_iters=self.tree_iters)
+                                   seed=self.seed, robustness=self.robustness, tree_iters=self.tree_iters,
+                                   device=self.device)
 
     def _tensorboard(self, row: dict, params: dict, trial_dir: str) -> None:
         """The trial's HParams session (swept values, in-trial and downstream metrics) beside its
@@ -142,13 +143,15 @@ class Evaluator:
         return {"pid": os.getpid(), "rows": len(self.board), "restored_rows": self.restored_rows}
 
 
-def get_or_create_actor(sweep_dir, data_path, name: str, cpus: float = 0.0, **kwargs):
-    """The named actor of this sweep (DESIGN.md pattern): created once, found again by name."""
+def get_or_create_actor(sweep_dir, data_path, name: str, cpus: float = 0.0, gpus: float = 0.0, **kwargs):
+    """The named actor of this sweep (DESIGN.md pattern): created once, found again by name.
+    With `gpus` > 0 it holds that share of a GPU and embeds on it (the probes stay on CPU)."""
     import ray
 
     actor_cls = ray.remote(Evaluator)
-    return actor_cls.options(name=name, namespace="mlem_ray", get_if_exists=True, num_cpus=cpus,
-                             **ACTOR_OPTIONS).remote(str(sweep_dir), str(data_path), **kwargs)
+    return actor_cls.options(name=name, namespace="mlem_ray", get_if_exists=True, num_cpus=cpus, num_gpus=gpus,
+                             **ACTOR_OPTIONS).remote(str(sweep_dir), str(data_path),
+                                                     device="cuda" if gpus > 0 else "cpu", **kwargs)
 
 
 # Restart the process whenever it dies; retry a call the dead process had not finished a few times

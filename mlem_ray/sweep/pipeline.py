@@ -61,6 +61,7 @@ class SweepJob:
     folds: int = 5
     sequences: int = DEMO_SEQUENCES
     trackers: list = field(default_factory=list)  # mlflow, wandb (sweep/trackers.py)
+    eval_gpus: float = 0.0  # GPU share of the evaluation actor (it embeds on the GPU when > 0)
 
 
 def _resolve(settings: SweepJob, resume: bool) -> SweepJob:
@@ -213,6 +214,9 @@ def _start(settings: SweepJob, address: str | None) -> _Session:
     connect(address)
     resources = ray.cluster_resources()
     check_gpus(settings.gpus_per_worker, settings.workers_per_trial, resources)
+    if settings.eval_gpus > resources.get("GPU", 0.0):  # an unplaceable actor would wait forever
+        raise SweepError(f"--eval-gpus {settings.eval_gpus:g} but the Ray cluster has {resources.get('GPU', 0.0):g} "
+                         "GPUs; drop the flag to evaluate on CPU")
     alive = [n for n in ray.nodes() if n.get("Alive")]
     if len(alive) > 1:
         out = Path(settings.out)
@@ -231,7 +235,8 @@ def _start(settings: SweepJob, address: str | None) -> _Session:
     # it never blocks trial scheduling (it runs between trial completions, single-threaded).
     actor_cpus = 1.0 if cpus >= 4 else 0.0
     actor_name = evaluator_name(out)
-    actor = get_or_create_actor(out, settings.data, actor_name, cpus=actor_cpus, folds=settings.folds)
+    actor = get_or_create_actor(out, settings.data, actor_name, cpus=actor_cpus, gpus=settings.eval_gpus,
+                                folds=settings.folds)
     return _Session(out.resolve(), settings, actor, actor_name, cpus, actor_cpus)
 
 

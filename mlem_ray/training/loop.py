@@ -20,6 +20,7 @@ from ..config import Config
 from ..data.batching import FullCollator, SequenceDataset, SliceCollator, SliceSampler
 from ..data.prepared import EventSequences
 from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, ResourceError
+from .accel import Precision, prefetch
 from .checkpoint import check_schema, load_checkpoint, load_encoder, save_checkpoint
 
 
@@ -107,8 +108,11 @@ def _batches(seqs, rows, kind, cfg: Config, runtime: Runtime, shuffle: bool, max
     )
     sampler = EpochSampler(len(rows), shuffle, cfg.train.seed, runtime.rank, runtime.world_size)
     # Equal batch counts and sizes on every rank (collectives in the losses need both).
+    # On a GPU the loader pins each batch, so the loop's non_blocking copies are asynchronous.
     loader = torch.utils.data.DataLoader(SequenceDataset(seqs, rows), batch_size=batch_size, sampler=sampler,
-                                         collate_fn=collate, drop_last=runtime.world_size > 1 and shuffle)
+                                         collate_fn=collate, drop_last=runtime.world_size > 1 and shuffle,
+                                         num_workers=cfg.train.loader_workers,
+                                         pin_memory=runtime.device.type == "cuda")
     return loader, sampler, collate
 
 
@@ -191,6 +195,7 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
     # within two epochs and its embedding ended up worse than a random encoder's.
     optimizer = torch.optim.AdamW(_param_groups(objective, cfg.optim.weight_decay), lr=cfg.optim.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.train.epochs * steps_per_epoch))
+    precision = Precision(cfg.train.precision, runtime.device)
     start_epoch, best_val, cpu_spent = 0, math.inf, 0.0
     if resume:
         ckpt = load_checkpoint(resume, map_location=runtime.device)
@@ -199,6 +204,7 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
         trainer_state = ckpt.state["trainer"]
         optimizer.load_state_dict(trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
+        precision.load_state_dict(trainer_state.get("grad_scaler"))
         _restore_rng(trainer_state, cfg, runtime)
         start_epoch = int(trainer_state["epoch"]) + 1
         best_val = float(trainer_state["best_val"])
@@ -222,7 +228,9 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
             train_collate.set_epoch(epoch)
         model.train()
         sums: dict[str, float] = {}
-        batches = _progress(train_loader, steps_per_epoch, epoch, runtime)
+        # The prefetch generator is closed (its thread joined) when the epoch's loop ends.
+        source = prefetch(train_loader, cfg.train.prefetch)
+        batches = _progress(source, steps_per_epoch, epoch, runtime)
         for step, batch in enumerate(batches):
             if step >= steps_per_epoch:
                 break
@@ -234,7 +242,8 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
             if on_batch is not None:
                 batch = on_batch(epoch, step, batch)
             batch = batch.to(runtime.device, non_blocking=True)
-            out = model(batch)
+            with precision.autocast():
+                out = model(batch)
             loss = out["loss"]
             finite = torch.isfinite(loss).to(torch.float64)
             if runtime.world_size > 1:
@@ -246,16 +255,15 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
                     f"checkpoint is kept. Lower optim.lr, check the data for extreme values, or keep optim.clip_grad on"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.clip_grad:
-                nn.utils.clip_grad_norm_(objective.parameters(), cfg.optim.clip_grad)
-            optimizer.step()
+            precision.backward_step(loss, optimizer, objective.parameters(), cfg.optim.clip_grad)
             scheduler.step()
             _accumulate(sums, out, len(batch))
-        if batches is not train_loader:
+        if batches is not source:
             batches.close()
+        source.close()
         train_metrics = _mean_metrics(sums, "train", runtime)
-        val_metrics = _validate(model, val_loader, val_collate, kind, runtime)
+        with precision.autocast():
+            val_metrics = _validate(model, val_loader, val_collate, kind, runtime)
         val_loss = val_metrics.get("val_loss", train_metrics.get("train_loss", math.nan))
         improved = val_loss < best_val
         best_val = min(best_val, val_loss)
@@ -275,7 +283,7 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
             trainer_state = {"epoch": epoch, "best_val": best_val, "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "rng": rng,
                              "cpu_spent": time.process_time() - cpu_start, "max_len": max_len,
-                             "selection": selection}
+                             "selection": selection, "grad_scaler": precision.state_dict()}
         try:
             if checkpoint_dir is not None:
                 save_checkpoint(checkpoint_dir, cfg, seqs.schema, objective.encoder.state_dict(),
@@ -287,6 +295,16 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
         if out_of_budget:
             break
     return metrics
+
+
+def _progress(loader, steps: int, epoch: int, runtime: Runtime):
+    """The epoch's batches, behind a progress bar when asked for and stderr is a terminal (tqdm's
+    disable=None); elsewhere (logs, Tune trials) the reporter's one line per epoch is the record."""
+    if not (runtime.progress and runtime.is_main):
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, total=steps, desc=f"epoch {epoch}", unit="step", leave=False, disable=None)
 
 
 def _rng_states(runtime: Runtime) -> list[dict]:
@@ -318,16 +336,6 @@ def _restore_rng(trainer_state: dict, cfg: Config, runtime: Runtime) -> None:
         torch.manual_seed(cfg.train.seed + runtime.rank + 1000 * (int(trainer_state["epoch"]) + 1))
 
 
-def _progress(loader, steps: int, epoch: int, runtime: Runtime):
-    """The epoch's batches, behind a progress bar when asked for and stderr is a terminal (tqdm's
-    disable=None); elsewhere (logs, Tune trials) the reporter's one line per epoch is the record."""
-    if not (runtime.progress and runtime.is_main):
-        return loader
-    from tqdm.auto import tqdm
-
-    return tqdm(loader, total=steps, desc=f"epoch {epoch}", unit="step", leave=False, disable=None)
-
-
 @torch.no_grad()
 def _validate(model, loader, collate, kind, runtime: Runtime) -> dict:
     if loader is None:
@@ -337,7 +345,7 @@ def _validate(model, loader, collate, kind, runtime: Runtime) -> dict:
     model.eval()
     sums: dict[str, float] = {}
     for batch in loader:
-        _accumulate(sums, model(batch.to(runtime.device)), len(batch))
+        _accumulate(sums, model(batch.to(runtime.device, non_blocking=True)), len(batch))
     return _mean_metrics(sums, "val", runtime)
 
 
