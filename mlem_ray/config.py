@@ -123,13 +123,15 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0: a full pass over the training split
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
-    budget_cpu_s: float = 0.0  # stop once the run has used this much process CPU time (0: no limit);
-    # compares methods at equal compute, unaffected by other load on the machine
+    budget_steps: int = 0  # stop after this many optimizer steps in all (0: no limit); sequences seen =
+    # budget_steps x data.batch_size x workers. The budget that compares methods: deterministic.
+    budget_cpu_s: float = 0.0  # a safety cap in process CPU time (0: none); depends on machine load,
+    # so no comparison of methods may use it
 
     def __post_init__(self):
         _positive(self, "epochs")
-        if self.budget_cpu_s < 0:
-            raise ConfigError("train.budget_cpu_s must be >= 0")
+        if self.budget_cpu_s < 0 or self.budget_steps < 0:
+            raise ConfigError("train.budget_cpu_s and train.budget_steps must be >= 0")
         _choice(self, "device", ("auto", "cpu", "cuda"))
         if self.steps_per_epoch < 0 or self.threads < 0:
             raise ConfigError("train.steps_per_epoch and train.threads must be >= 0")
