@@ -196,13 +196,13 @@ def _embed(args) -> int:
 
 
 def _sweep(args) -> int:
-    from .sweep.pipeline import SweepSettings, run_sweep
+    from .sweep.pipeline import SweepJob, run_sweep
 
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
     if args.workers_per_trial < 1 or args.gpus_per_worker < 0:
         raise UsageError("--workers-per-trial must be >= 1 and --gpus-per-worker >= 0")
-    settings = SweepSettings(out=str(args.out), data=str(args.data or ""), space=str(args.space or ""),
+    settings = SweepJob(out=str(args.out), data=str(args.data or ""), space=str(args.space or ""),
                              trials=args.trials or 0, methods=list(_csv_list(args.methods)),
                              gpus_per_worker=args.gpus_per_worker, workers_per_trial=args.workers_per_trial,
                              sequences=args.sequences)

@@ -127,9 +127,13 @@ class TrainConfig:
     # budget_steps x data.batch_size x workers. The budget that compares methods: deterministic.
     budget_cpu_s: float = 0.0  # a safety cap in process CPU time (0: none); depends on machine load,
     # so no comparison of methods may use it
+    selection: str = "none"  # in-trial selection score each epoch: none | probe | rankme (evaluation/selection.py)
+    selection_every: int = 1  # score every N epochs (and the last); only scored epochs carry a checkpoint
+    selection_size: int = 4096  # at most this many training-pool sequences are embedded for the score
 
     def __post_init__(self):
-        _positive(self, "epochs")
+        _positive(self, "epochs", "selection_every", "selection_size")
+        _choice(self, "selection", ("none", "probe", "rankme"))
         if self.budget_cpu_s < 0 or self.budget_steps < 0:
             raise ConfigError("train.budget_cpu_s and train.budget_steps must be >= 0")
         _choice(self, "device", ("auto", "cpu", "cuda"))

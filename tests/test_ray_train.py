@@ -10,7 +10,7 @@ ray = pytest.importorskip("ray")
 
 from mlem_ray.cli import main  # noqa: E402
 from mlem_ray.config import make_config  # noqa: E402
-from mlem_ray.evaluation.actor import read_leaderboard  # noqa: E402
+from mlem_ray.evaluation.leaderboard import read as read_leaderboard  # noqa: E402
 from mlem_ray.training import load_encoder  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -58,7 +58,7 @@ def test_gpus_that_do_not_exist_are_refused_within_30s(data, tmp_path, capsys):
 def test_two_worker_trials_under_tune_with_asha(data, tmp_path):
     import yaml
 
-    from mlem_ray.sweep.pipeline import SweepSettings, run_sweep
+    from mlem_ray.sweep.pipeline import SweepJob, run_sweep
 
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({
@@ -68,7 +68,7 @@ def test_two_worker_trials_under_tune_with_asha(data, tmp_path):
         "params": {"optim.lr": {"type": "log_float", "low": 1e-4, "high": 3e-2}, **SMALL},
     }))
     out = tmp_path / "sweep"
-    run_sweep(SweepSettings(out=str(out), data=str(data), space=str(space), workers_per_trial=2, folds=2))
+    run_sweep(SweepJob(out=str(out), data=str(data), space=str(space), workers_per_trial=2, folds=2))
     board = read_leaderboard(out)
     assert len(board) == 3 and board["trial_id"].is_unique  # every trial started, finished and was scored
     iterations = {p.name: len((p / "result.json").read_text().splitlines())

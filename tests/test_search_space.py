@@ -12,7 +12,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from mlem_ray.config import make_config
-from mlem_ray.sweep.space import FROM_TEACHER, SearchSpace, SpaceError, StageSpace, SweepSettings
+from mlem_ray.sweep.space import FROM_TEACHER, SearchSpace, SpaceError, StageSpace, StageSweep
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 SPACE_FILES = sorted(SPACES.glob("*.yaml"))
@@ -132,7 +132,7 @@ def test_quick_space_stays_small():
 def test_hand_written_space_maps_to_exact_distributions(tmp_path):
     path = write(tmp_path, """
         method: hybrid
-        sweep: {trials: 7, scheduler: none, epochs: 4, metric: probe_auc, mode: max, seed: 3, finalists: 2}
+        sweep: {trials: 7, scheduler: none, epochs: 4, metric: probe, mode: max, seed: 3, finalists: 2}
         params:
           optim.lr: {type: log_float, low: 1.0e-4, high: 1.0e-2}
           optim.weight_decay: {type: float, low: 1e-5, high: 1e-2, log: true}   # YAML text, converted
@@ -149,8 +149,8 @@ def test_hand_written_space_maps_to_exact_distributions(tmp_path):
     space = SearchSpace.load(path)
     assert not space.is_two_stage and list(space.stages) == ["hybrid"]
     stage = space.stages["hybrid"]
-    assert stage.sweep == SweepSettings(trials=7, scheduler="none", epochs=4, metric="probe_auc", mode="max",
-                                        seed=3, finalists=2)
+    assert stage.sweep == StageSweep(trials=7, scheduler="none", epochs=4, metric="probe", mode="max",
+                                     seed=3, finalists=2)
     assert stage.optuna_space() == {
         "optim.lr": FloatDistribution(1e-4, 1e-2, log=True),
         "optim.weight_decay": FloatDistribution(1e-5, 1e-2, log=True),
@@ -165,10 +165,14 @@ def test_hand_written_space_maps_to_exact_distributions(tmp_path):
     assert stage.constants == {"model.layers": 2, "objective.w_time": 10.0}
     sample = {"optim.lr": 1e-3, "optim.weight_decay": 1e-4, "objective.margin": 0.5, "objective.w_con": 1.5,
               "model.hidden": 128, "model.cat_emb_dim": 8, "model.decoder_width": 64, "model.encoder": "transformer",
-              "optim.clip_grad": 5.0, "not.a.param": 1}
+              "optim.clip_grad": 5.0, "_tune_internal": 1}
     flat = stage.overrides(sample)
-    assert flat == {"model.layers": 2, "objective.w_time": 10.0, **{k: v for k, v in sample.items() if k != "not.a.param"},
-                    "train.epochs": 4}
+    assert flat == {"model.layers": 2, "objective.w_time": 10.0, **{k: v for k, v in sample.items() if k[0] != "_"},
+                    "train.epochs": 4, "train.selection": "probe", "train.selection_every": 1,
+                    "train.selection_size": 4096}
+    # A re-seeded run's train.seed and the pipeline's fixed keys go through the same path.
+    cfg = stage.config({**sample, "train.seed": 7}, fixed={"train.threads": 1})
+    assert (cfg.train.seed, cfg.train.threads, cfg.train.selection) == (7, 1, "probe")
     cfg = make_config("hybrid").replace(**flat)
     assert (cfg.model.hidden, cfg.model.encoder, cfg.model.layers, cfg.train.epochs) == (128, "transformer", 2, 4)
     with pytest.raises(SpaceError, match="model.encoder"):
@@ -190,7 +194,7 @@ def test_two_stage_with_comparisons(tmp_path):
     space = SearchSpace.load(path)
     assert space.is_two_stage
     assert list(space.stages) == ["teacher", "mlem", "compare_generative", "compare_hybrid"]
-    assert space.stages["teacher"].sweep == SweepSettings()
+    assert space.stages["teacher"].sweep == StageSweep()
     assert space.stages["mlem"].sweep.trials == 3
     assert space.stages["mlem"].overrides({"objective.w_align": 10.0}) == {"objective.w_align": 10.0,
                                                                             "train.epochs": 2}
@@ -203,7 +207,7 @@ def test_searcher_is_seeded_optuna_search():
     stage = SearchSpace.load(SPACES / "quick.yaml").stages["teacher"]
     searcher = stage.searcher()
     assert isinstance(searcher, OptunaSearch)
-    assert searcher.metric == "val_loss" and searcher.mode == "min"
+    assert searcher.metric == "probe_score" and searcher.mode == "max"
     config = searcher.suggest("trial_0")
     assert set(config) == set(stage.params)  # dotted keys stay flat
     make_config(stage.method).replace(**stage.overrides(config))
@@ -218,11 +222,11 @@ def test_stage_space_pickles():
 
 
 def test_sweep_settings_validate():
-    assert SweepSettings().scheduler == "asha"
+    assert StageSweep().scheduler == "asha"
     for bad in ({"trials": 0}, {"scheduler": "hyperband"}, {"mode": "best"}, {"grace_period": 0},
                 {"reduction_factor": 1}, {"epochs": 0}, {"finalists": 0}, {"trials": "many"}):
         with pytest.raises(SpaceError, match=f"sweep.{next(iter(bad))}"):
-            SweepSettings(**bad)
+            StageSweep(**bad)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from mlem_ray.evaluation.actor import read_leaderboard
+from mlem_ray.evaluation.leaderboard import read as read_leaderboard
 
 pytestmark = pytest.mark.ray
 

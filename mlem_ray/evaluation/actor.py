@@ -3,8 +3,8 @@ downstream and keeps the leaderboard.
 
 - Work arrives from a Tune callback as `score` calls; a plain (sync) actor runs them one at a time,
   so they queue in the actor's mailbox.
-- Every result is appended to `<sweep>/leaderboard.parquet` (written to a temp file and renamed)
-  *before* the call returns, and written to TensorBoard next to the trial.
+- Every result is appended to the leaderboard (evaluation/leaderboard.py; written to a temp file
+  and renamed) *before* the call returns, and written to TensorBoard next to the trial.
 - After a crash Ray restarts the actor (`max_restarts`) and retries unfinished calls
   (`max_task_retries`); the new instance reloads the leaderboard, so a row is never lost and a
   trial is never scored twice.
@@ -17,30 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-import pandas as pd
-
-LEADERBOARD = "leaderboard.parquet"
-
-
-def read_leaderboard(sweep_dir) -> pd.DataFrame:
-    path = Path(sweep_dir) / LEADERBOARD
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
-
-
-def _write_atomic(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def selection_metric(task: str) -> tuple[str, str]:
-    """The metric that ranks checkpoints: the tree probe's cross-validated score on the labelled
-    training ids. The test set is reported, never used to choose (that would leak it)."""
-    if task == "regression":
-        return "tree_cv_mse_mean", "min"
-    if task == "binary":
-        return "tree_cv_roc_auc_mean", "max"
-    return "tree_cv_accuracy_mean", "max"
+from . import leaderboard
 
 
 class Evaluator:
@@ -52,7 +29,7 @@ class Evaluator:
         self.data_path = str(data_path)
         self.folds, self.seed, self.tree_iters, self.robustness = folds, seed, tree_iters, robustness
         self.threads = threads
-        self.board = read_leaderboard(self.sweep_dir)
+        self.board = leaderboard.read(self.sweep_dir)
         self.restored_rows = len(self.board)
         # Scores run one at a time; the lock lets info() and rows() answer while a score is running.
         self._scoring = threading.Lock()
@@ -63,13 +40,15 @@ class Evaluator:
         hit = self.board[self.board["trial_id"] == trial_id]
         return hit.iloc[0].to_dict() if len(hit) else None
 
-    def score(self, trial_id: str, stage: str, method: str, checkpoint: str, val_loss: float, params: dict,
+    def score(self, trial_id: str, stage: str, method: str, checkpoint: str, selection: dict, params: dict,
               seed: int = 0, reseed_of: str = "", trial_dir: str = "") -> dict:
-        """Score once; a repeated call for the same trial returns the stored row."""
+        """Score once; a repeated call for the same trial returns the stored row. `selection`: the
+        in-trial score at the checkpoint (selection_metric, selection_mode, selection_value) and its
+        val_loss, stored beside the downstream score."""
         with self._scoring:
-            return self._score(trial_id, stage, method, checkpoint, val_loss, params, seed, reseed_of, trial_dir)
+            return self._score(trial_id, stage, method, checkpoint, selection, params, seed, reseed_of, trial_dir)
 
-    def _score(self, trial_id, stage, method, checkpoint, val_loss, params, seed, reseed_of, trial_dir) -> dict:
+    def _score(self, trial_id, stage, method, checkpoint, selection, params, seed, reseed_of, trial_dir) -> dict:
         done = self._done(trial_id)
         if done is not None:
             return done
@@ -80,17 +59,19 @@ class Evaluator:
         with threadpool_limits(self.threads):
             result = evaluate_checkpoint(checkpoint, self.data_path, kinds=("tree", "linear"), folds=self.folds,
                                          seed=self.seed, robustness=self.robustness, tree_iters=self.tree_iters)
-        metric, mode = selection_metric(result["task"])
+        metric, mode = leaderboard.downstream_metric(result["task"])
         row = {
             "trial_id": trial_id, "stage": stage, "method": method, "checkpoint": str(checkpoint),
-            "val_loss": float(val_loss), "params": json.dumps(params, sort_keys=True, default=str), "seed": int(seed),
+            "selection_metric": str(selection.get("selection_metric", "val_loss")),
+            "selection_mode": str(selection.get("selection_mode", "min")),
+            "selection_value": float(selection.get("selection_value", float("nan"))),
+            "val_loss": float(selection.get("val_loss", float("nan"))),
+            "params": json.dumps(params, sort_keys=True, default=str), "seed": int(seed),
             "reseed_of": reseed_of, "primary_metric": metric, "primary_mode": mode,
             "primary_value": float(result[metric]), "scored_at": time.time(),
             **{k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         }
-        board = pd.concat([self.board, pd.DataFrame([row])], ignore_index=True)
-        _write_atomic(board, self.sweep_dir / LEADERBOARD)
-        self.board = board
+        self.board = leaderboard.append(self.sweep_dir, self.board, row)
         self._tensorboard(row, params, trial_dir)
         return row
 
@@ -101,6 +82,7 @@ class Evaluator:
 
         metrics = {f"downstream/{k}": v for k, v in row.items()
                    if isinstance(v, float) and k not in ("scored_at", "seed")}
+        metrics[f"selection/{row['selection_metric']}"] = row["selection_value"]
         hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
         hparams.update({"method": row["method"], "stage": row["stage"]})
         where = Path(trial_dir) if trial_dir else self.sweep_dir / row["stage"] / row["trial_id"]

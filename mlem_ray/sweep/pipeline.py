@@ -1,7 +1,9 @@
 """The main job: the two-stage MLEM sweep (or a one-stage sweep), end to end.
 
-Stage 1 sweeps CoLES teachers; the evaluation actor scores them downstream; among the stage's
-finalists (lowest validation loss) the best-scored checkpoint becomes the teacher. Stage 2 sweeps
+Every stage ranks its trials by the in-trial selection score (evaluation/selection.py: a linear
+probe on a fixed subset of the labelled training pool, or RankMe without labels). Stage 1 sweeps
+CoLES teachers; the evaluation actor scores every finished trial downstream; among the stage's
+finalists (best in-trial score) the best downstream score becomes the teacher. Stage 2 sweeps
 MLEM against it. Comparison stages (generative, hybrid, ...) are swept at the same budget.
 
 Sweep directory layout (`--out`):
@@ -24,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..data.schema import DataError
+from ..evaluation import leaderboard
 from .space import SearchSpace, StageSpace
 
 # Each epoch checkpoints, so Tune's snapshot-frequency warning would fire on every small trial
@@ -44,7 +47,10 @@ def search_space_dir() -> Path:
 
 
 @dataclass
-class SweepSettings:
+class SweepJob:
+    """One sweep's settings as given on the command line, saved as sweep.json (so --resume needs
+    only --out)."""
+
     out: str
     data: str = ""
     space: str = ""
@@ -57,13 +63,13 @@ class SweepSettings:
     sequences: int = DEMO_SEQUENCES
 
 
-def _resolve(settings: SweepSettings, resume: bool) -> SweepSettings:
+def _resolve(settings: SweepJob, resume: bool) -> SweepJob:
     out = Path(settings.out)
     state = out / "sweep.json"
     if resume:
         if not state.exists():
             raise SweepError(f"--resume: {out} holds no sweep (no sweep.json); start one with mlem-ray sweep --out {out}")
-        saved = SweepSettings(**json.loads(state.read_text()))
+        saved = SweepJob(**json.loads(state.read_text()))
         # The space as copied at the start: the original path may be gone (a job's working dir).
         return replace(saved, out=str(out), space=str(out / "space.yaml"))
     if state.exists():
@@ -78,7 +84,7 @@ def _resolve(settings: SweepSettings, resume: bool) -> SweepSettings:
     return replace(settings, space=str(space.resolve()), data=str(Path(data).resolve()) if data else "")
 
 
-def _prepare_out(settings: SweepSettings) -> Path:
+def _prepare_out(settings: SweepJob) -> Path:
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "space.yaml").exists():
@@ -99,7 +105,7 @@ def _prepare_out(settings: SweepSettings) -> Path:
     return out
 
 
-def _stages(space: SearchSpace, settings: SweepSettings) -> dict[str, StageSpace]:
+def _stages(space: SearchSpace, settings: SweepJob) -> dict[str, StageSpace]:
     """The stages to run, in order: the file's, plus a comparison stage per --methods entry
     (that method's own space file, at the MLEM stage's budget and shared constants)."""
     stages = dict(space.stages)
@@ -121,20 +127,19 @@ def _stages(space: SearchSpace, settings: SweepSettings) -> dict[str, StageSpace
     return stages
 
 
-def pick_teacher(rows: list[dict], finalists: int) -> dict:
-    """Among the `finalists` trials with the lowest validation loss, the best downstream score."""
-    if not rows:
-        raise SweepError("stage 1 produced no scored CoLES checkpoint; see the trial errors above")
-    by_val = sorted(rows, key=lambda r: r["val_loss"])[:finalists]
-    sign = 1.0 if by_val[0]["primary_mode"] == "min" else -1.0
-    return min(by_val, key=lambda r: sign * r["primary_value"])
+def _resolve_metrics(stages: dict[str, StageSpace], data: str) -> dict[str, StageSpace]:
+    """Each stage with its selection metric chosen for this data set: the file's, else probe when
+    the data has labelled training sequences, else rankme."""
+    from ..data.prepared import EventSequences
+    from ..evaluation.selection import MIN_LABELLED, default_metric
 
-
-def _best(rows: list[dict]) -> dict | None:
-    if not rows:
-        return None
-    sign = 1.0 if rows[0]["primary_mode"] == "min" else -1.0
-    return min(rows, key=lambda r: sign * r["primary_value"])
+    seqs = EventSequences.open(data)
+    default = default_metric(seqs)
+    for name, stage in stages.items():
+        if stage.sweep.metric == "probe" and default != "probe":
+            raise SweepError(f"stage {name}: sweep.metric probe needs >= {MIN_LABELLED} labelled training sequences; "
+                             f"{data} has {len(seqs.labelled('train', 'val'))}: use metric rankme")
+    return {name: stage.resolved(default) for name, stage in stages.items()}
 
 
 def _init_ray(address: str | None):
@@ -151,7 +156,7 @@ class _Session:
     """What the stages of one sweep share once Ray is up."""
 
     out: Path
-    settings: SweepSettings
+    settings: SweepJob
     actor: object
     actor_name: str
     cpus: float
@@ -206,7 +211,7 @@ def check_storage_reachable(out: Path, nodes: list[dict], timeout_s: float = 60.
                          "--out must be shared storage (an NFS mount at the same path on every node)")
 
 
-def _start(settings: SweepSettings, address: str | None) -> _Session:
+def _start(settings: SweepJob, address: str | None) -> _Session:
     import ray
 
     from ..evaluation.actor import get_or_create_actor
@@ -228,7 +233,7 @@ def _start(settings: SweepSettings, address: str | None) -> _Session:
                 shutil.rmtree(out, ignore_errors=True)  # leave nothing behind a refused start
             raise
     out = _prepare_out(settings)
-    settings = SweepSettings(**json.loads((out / "sweep.json").read_text()))
+    settings = SweepJob(**json.loads((out / "sweep.json").read_text()))
     cpus = resources.get("CPU", 1.0)
     # The actor scores while trials train; on a small machine it takes no CPU reservation so that
     # it never blocks trial scheduling (it runs between trial completions, single-threaded).
@@ -244,7 +249,7 @@ def evaluator_name(out) -> str:
     return "evaluator-" + hashlib.sha1(str(Path(out).resolve()).encode()).hexdigest()[:10]
 
 
-def run_sweep(settings: SweepSettings, address: str | None = None, resume: bool = False) -> dict:
+def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = False) -> dict:
     from .tuner import run_stage
 
     settings = _resolve(settings, resume)
@@ -252,21 +257,25 @@ def run_sweep(settings: SweepSettings, address: str | None = None, resume: bool 
     stages = _stages(space, settings)
     session = _start(replace(settings, out=str(Path(settings.out).resolve())), address)
     out, settings = session.out, session.settings
+    stages = _resolve_metrics(stages, settings.data)
     summary: dict = {"out": str(out), "stages": {}}
     for name, stage in stages.items():
         stage_fixed = session.fixed(name, space.is_two_stage)
         max_concurrent = session.max_concurrent(stage)
         print(f"\n== stage {name}: {stage.method}, {settings.trials or stage.sweep.trials} trials, "
-              f"{max_concurrent} at a time ==", flush=True)
+              f"{max_concurrent} at a time, ranked by {stage.sweep.reported_metric} ({stage.sweep.mode}) ==",
+              flush=True)
         rows = run_stage(name, stage, out, stage_fixed, session.actor, session.actor_name, settings.cpus_per_trial,
                          max_concurrent, resume=resume, trials=settings.trials or None, **session.stage_kwargs())
-        best = _best(rows)
+        best = leaderboard.best(rows)
         summary["stages"][name] = {"method": stage.method, "scored": len(rows), "best": best}
         if name == "teacher" and space.is_two_stage:
-            teacher = pick_teacher(rows, stage.sweep.finalists)
+            teacher = leaderboard.pick_teacher(rows, stage.sweep.finalists)
+            if teacher is None:
+                raise SweepError("stage 1 produced no scored CoLES checkpoint; see the trial errors above")
             (out / "teacher.json").write_text(json.dumps(teacher, indent=1, default=str))
-            print(f"teacher: trial {teacher['trial_id']} ({teacher['primary_metric']} {teacher['primary_value']:.4g}, "
-                  f"val_loss {teacher['val_loss']:.4g})", flush=True)
+            print(f"teacher: trial {teacher['trial_id']} ({teacher['primary_metric']} {teacher['primary_value']:.4g}; "
+                  f"among the {stage.sweep.finalists} best by {teacher['selection_metric']})", flush=True)
     _print_summary(out, summary)
     return summary
 
@@ -276,20 +285,19 @@ def reseed_best(out, seeds=(1, 2), address: str | None = None) -> list[dict]:
     report can give mean +- std over seeds. Re-runs already on the leaderboard are kept."""
     from ray import tune
 
-    from ..evaluation.actor import read_leaderboard
     from .tuner import run_stage
 
-    settings = _resolve(SweepSettings(out=str(out)), resume=True)
+    settings = _resolve(SweepJob(out=str(out)), resume=True)
     space = SearchSpace.load(settings.space)
-    stages = _stages(space, settings)
-    board = read_leaderboard(out)
+    stages = _resolve_metrics(_stages(space, settings), settings.data)
+    board = leaderboard.read(out)
     if board.empty:
         raise SweepError(f"{out} has no scored trial yet; run or resume the sweep first")
     session = _start(replace(settings, out=str(Path(out).resolve())), address)
     rows = []
     for name, stage in stages.items():
         originals = board[(board["stage"] == name) & (board["reseed_of"].fillna("") == "")].to_dict("records")
-        best = _best(originals)
+        best = leaderboard.best(originals)
         if best is None:
             continue
         params = json.loads(best["params"])
@@ -312,7 +320,7 @@ def _print_summary(out: Path, summary: dict) -> None:
                   f"{b['primary_metric']} {b['primary_value']:.4g}; {test_text}")
     main = summary["stages"].get("mlem") or next(iter(summary["stages"].values()), None)
     print(f"TensorBoard:  tensorboard --logdir {out}")
-    print(f"leaderboard:  {out / 'leaderboard.parquet'}  (mlem-ray report {out})")
+    print(f"leaderboard:  {leaderboard.path(out)}  (mlem-ray report {out})")
     if main and main["best"]:
         print(f"best checkpoint: {main['best']['checkpoint']}")
     sys.stdout.flush()

@@ -36,14 +36,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-LEADERBOARD = "leaderboard.parquet"  # the evaluation actor's file name (evaluation/actor.py)
+from ..evaluation import leaderboard
+
+LEADERBOARD = leaderboard.FILE
 SPACE_FILE = "space.yaml"
 REPORT_DIR = "report"
 MIN_TRIALS_FOR_IMPORTANCE = 3
 IMPORTANCE_SEED = 0
 # Bookkeeping columns: everything else numeric on the leaderboard is a downstream metric.
-_NOT_METRICS = {"trial_id", "stage", "method", "checkpoint", "params", "seed", "primary_metric",
-                "primary_mode", "primary_value", "scored_at", "reseed_of"}
+_NOT_METRICS = set(leaderboard.BOOKKEEPING) - {"val_loss", "selection_value"}
 _REQUIRED = ("trial_id", "method", "primary_value")
 
 
@@ -81,7 +82,7 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
 def load_leaderboard(sweep_dir: Path) -> pd.DataFrame:
     """The leaderboard with missing optional columns filled in, so a board from an older or newer
     driver (or one with extra columns) still reports; refused with one line when there is none."""
-    path = Path(sweep_dir) / LEADERBOARD
+    path = leaderboard.path(sweep_dir)
     if not Path(sweep_dir).is_dir():
         raise ReportError(f"{sweep_dir}: no such directory: give the --out directory of a sweep "
                           "(mlem-ray sweep --out DIR)")
@@ -146,7 +147,7 @@ def summarize(board: pd.DataFrame) -> list[MethodSummary]:
         mode = str(rows["primary_mode"].iloc[0])
         summary = MethodSummary(stage=str(stage), method=str(rows["method"].iloc[0]), trials=len(rows),
                                 metric=str(rows["primary_metric"].iloc[0]), mode=mode)
-        best = best_row(rows, mode)
+        best = best_row(rows)
         if best is not None:
             summary.best = best.to_dict()
             reseeds = board[board["reseed_of"] == summary.best["trial_id"]]
@@ -155,13 +156,10 @@ def summarize(board: pd.DataFrame) -> list[MethodSummary]:
     return out
 
 
-def best_row(rows: pd.DataFrame, mode: str) -> pd.Series | None:
+def best_row(rows: pd.DataFrame) -> pd.Series | None:
     """The row with the best finite primary value (ties: the first scored); None if none is finite."""
-    scored = rows[np.isfinite(rows["primary_value"].astype(float))]
-    if scored.empty:
-        return None
-    values = scored["primary_value"].astype(float)
-    return scored.loc[values.idxmax() if mode == "max" else values.idxmin()]
+    best = leaderboard.best(rows.assign(_row=rows.index), "primary")
+    return None if best is None else rows.loc[best["_row"]]
 
 
 def finite(values) -> np.ndarray:

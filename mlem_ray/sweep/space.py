@@ -3,17 +3,19 @@
 A search space is a YAML file. One stage::
 
     method: coles            # coles | generative | hybrid | mlem | supervised
-    sweep:                   # all optional; defaults are those of SweepSettings
+    sweep:                   # all optional; defaults are those of StageSweep
       trials: 20             # Optuna trials
       max_concurrent: 0      # trials at once; 0: derived from cluster resources by the sweep driver
       scheduler: asha        # asha | none
       grace_period: 1        # epochs before ASHA may stop a trial (<= epochs)
       reduction_factor: 2
       epochs: 10             # max epochs per trial (sets train.epochs)
-      metric: val_loss
-      mode: min              # min | max
+      metric: probe          # probe | rankme | val_loss; left out: probe with targets, else rankme
+      eval_every: 1          # in-trial score every N epochs (and at the last)
+      probe_size: 4096       # training-pool sequences embedded for the in-trial score
       seed: 0                # seeds the TPE sampler
-      finalists: 3           # best trials handed to downstream evaluation (<= trials)
+      finalists: 3           # best trials by the in-trial score, among which the teacher is
+                             # the best downstream (<= trials)
     params:                  # run-config keys (section.key, see mlem_ray/config.py)
       optim.lr: {type: log_float, low: 1.0e-4, high: 1.0e-2}
       objective.margin: {type: float, low: 0.3, high: 1.0}          # optional step
@@ -26,11 +28,16 @@ and ``categorical``. A float distribution needs a float config key; an int one a
 key. Write floats in exponent form with a dot (``1.0e-4``): YAML reads ``1e-4`` as text (it is
 accepted and converted here all the same).
 
+The in-trial score ranks trials everywhere in a sweep (evaluation/selection.py): ``val_loss`` is
+refused for a stage that sweeps a key that rescales the loss (``LOSS_SCALE_KEYS``, any
+``objective.w_*``), since the sampler would then learn to shrink the loss rather than improve
+the embedding.
+
 The MLEM pipeline is a two-stage file: stage 1 sweeps CoLES teachers, stage 2 sweeps MLEM against
 the best teacher; ``compare`` optionally adds stages swept the same way for comparison. The
-pipeline sets ``objective.teacher`` and ``model.hidden`` (SigLIP needs the MLEM embedding and the
-teacher's to have one size) of every stage-2 trial from the best teacher (``FROM_TEACHER``), so the
-mlem stage must not set them::
+pipeline sets ``objective.teacher`` of every stage-2 trial from the chosen teacher
+(``FROM_TEACHER``), so the mlem stage must not set it; the MLEM encoder's own size is swept freely
+(a linear map meets the teacher's width)::
 
     stages:
       teacher: {method: coles, sweep: {...}, params: {...}}
@@ -62,6 +69,8 @@ import optuna
 import yaml
 
 from mlem_ray.config import METHODS, Config, ConfigError, make_config
+from mlem_ray.evaluation.selection import METRICS as SELECTION_METRICS
+from mlem_ray.evaluation.selection import REPORTED
 
 PARAM_TYPES = ("float", "log_float", "int", "categorical")
 _DIST_KEYS = ("type", "low", "high", "log", "step", "choices")
@@ -71,10 +80,13 @@ _TWO_STAGE_KEYS = ("teacher", "mlem", "compare")
 _RESERVED = {
     "train.epochs": "set the epoch budget with sweep.epochs",
     "objective.method": "the method is set by the stage's 'method'",
+    "train.selection": "set the in-trial score with sweep.metric",
+    "train.selection_every": "set it with sweep.eval_every",
+    "train.selection_size": "set it with sweep.probe_size",
 }
 
-# In a two-stage file the pipeline sets these on every stage-2 (mlem) trial from the best teacher;
-# the file must not. (SigLIP compares z_gen with z_con directly, so the sizes must match.)
+# In a two-stage file the pipeline sets these on every stage-2 (mlem) trial from the chosen teacher;
+# the file must not.
 FROM_TEACHER = {
     "objective.teacher": "the teacher checkpoint comes from stage 1",
 }
@@ -84,18 +96,37 @@ class SpaceError(ValueError):
     """A bad search-space file: one line naming the file and the key."""
 
 
+# Keys that change the scale of the training loss, or the task its validation value measures: a
+# stage that sweeps one of them cannot rank its trials by val_loss (METHOD.md §4).
+LOSS_SCALE_KEYS = {
+    "objective.margin", "objective.contrastive_loss", "objective.tau", "objective.neg_count",
+    "objective.siglip_t_init", "objective.siglip_b_init", "objective.projector",
+    "data.slice_min", "data.slice_max", "data.slices", "data.batch_size", "data.max_len",
+}
+
+
+def rescales_loss(key: str) -> bool:
+    return key in LOSS_SCALE_KEYS or key.startswith("objective.w_")
+
+
 @dataclass(frozen=True)
-class SweepSettings:
+class StageSweep:
+    """How one stage is swept (the ``sweep:`` block of a stage in a search-space file)."""
+
     trials: int = 20  # Optuna trials
     max_concurrent: int = 0  # trials at once; 0: derived from cluster resources by the driver
     scheduler: str = "asha"  # asha | none
     grace_period: int = 1  # epochs before ASHA may stop a trial
     reduction_factor: int = 2  # ASHA keeps 1/reduction_factor of the trials at each rung
     epochs: int = 10  # max epochs per trial (sets train.epochs)
-    metric: str = "val_loss"
-    mode: str = "min"  # min | max
+    # What ranks trials (sampler, ASHA, the checkpoint kept per trial, the finalists): probe | rankme |
+    # val_loss (evaluation/selection.py); "" = probe when the data set has targets, else rankme.
+    metric: str = ""
+    mode: str = ""  # derived from metric (probe, rankme: max; val_loss: min); may be given if it agrees
+    eval_every: int = 1  # compute the in-trial score every N epochs (and at the last)
+    probe_size: int = 4096  # training-pool sequences embedded for the in-trial score
     seed: int = 0  # sampler seed
-    finalists: int = 3  # best trials handed to downstream evaluation
+    finalists: int = 3  # best trials (by the in-trial score) among which the teacher is chosen downstream
     search: str = "tpe"  # tpe (multivariate) | random (the baseline of benchmarks/sweep_efficiency.py)
 
     def __post_init__(self):
@@ -106,21 +137,39 @@ class SweepSettings:
                 kind = "text" if want is str else "an integer"
                 raise SpaceError(f"sweep.{f.name} must be {kind}, got {value!r}")
         for name, low in (("trials", 1), ("grace_period", 1), ("reduction_factor", 2), ("epochs", 1),
-                          ("finalists", 1), ("max_concurrent", 0)):
+                          ("finalists", 1), ("max_concurrent", 0), ("eval_every", 1), ("probe_size", 10)):
             if getattr(self, name) < low:
                 raise SpaceError(f"sweep.{name} must be >= {low}, got {getattr(self, name)}")
         if self.search not in ("tpe", "random"):
             raise SpaceError(f"sweep.search must be tpe or random, got {self.search!r}")
         if self.scheduler not in ("asha", "none"):
             raise SpaceError(f"sweep.scheduler must be asha or none, got {self.scheduler!r}")
-        if self.mode not in ("min", "max"):
+        if self.metric not in ("",) + SELECTION_METRICS:
+            raise SpaceError(f"sweep.metric must be one of {', '.join(SELECTION_METRICS)} (or left out: probe "
+                             f"when the data has targets, else rankme), got {self.metric!r}")
+        if self.mode not in ("", "min", "max"):
             raise SpaceError(f"sweep.mode must be min or max, got {self.mode!r}")
-        if not self.metric:
-            raise SpaceError("sweep.metric must not be empty")
+        if self.metric and self.mode and self.mode != REPORTED[self.metric][1]:
+            raise SpaceError(f"sweep.mode {self.mode!r} contradicts sweep.metric {self.metric!r} "
+                             f"({REPORTED[self.metric][1]}); leave sweep.mode out")
+        if self.metric and not self.mode:
+            object.__setattr__(self, "mode", REPORTED[self.metric][1])
         if self.grace_period > self.epochs:
             raise SpaceError(f"sweep.grace_period ({self.grace_period}) exceeds sweep.epochs ({self.epochs})")
         if self.finalists > self.trials:
             raise SpaceError(f"sweep.finalists ({self.finalists}) exceeds sweep.trials ({self.trials})")
+
+    def resolved(self, default_metric: str) -> StageSweep:
+        """With the metric chosen (``default_metric`` where the file left it out) and its mode."""
+        metric = self.metric or default_metric
+        return dataclasses.replace(self, metric=metric, mode=REPORTED[metric][1])
+
+    @property
+    def reported_metric(self) -> str:
+        """The name the trials report the metric under (what Tune, ASHA and Optuna compare)."""
+        if not self.metric:
+            raise SpaceError("sweep.metric is not resolved yet (StageSweep.resolved)")
+        return REPORTED[self.metric][0]
 
 
 @dataclass(frozen=True)
@@ -169,28 +218,40 @@ class ParamSpec:
 @dataclass(frozen=True)
 class StageSpace:
     method: str
-    sweep: SweepSettings = field(default_factory=SweepSettings)
+    sweep: StageSweep = field(default_factory=StageSweep)
     params: dict[str, ParamSpec] = field(default_factory=dict)  # distributions only
     constants: dict[str, object] = field(default_factory=dict)
 
     def optuna_space(self) -> dict[str, optuna.distributions.BaseDistribution]:
         return {key: spec.distribution() for key, spec in self.params.items()}
 
-    def overrides(self, sampled: dict) -> dict:
+    def overrides(self, sampled: dict, fixed: dict | None = None) -> dict:
         """Flat ``section.key -> value`` overrides for one trial: constants, then the sampled params,
-        then ``train.epochs`` from the sweep settings. Keys of ``sampled`` that are not params of this
-        stage are ignored (a Tune config may carry more); a missing param is an error."""
+        then ``train.epochs`` and the in-trial score from the sweep settings, then ``fixed`` (what the
+        pipeline sets: data path, teacher, threads). Other ``section.key`` entries of ``sampled``
+        (e.g. ``train.seed`` of a re-seeded run) are applied after the params; keys starting with
+        ``_`` are Tune's own. A missing param is an error."""
         missing = [key for key in self.params if key not in sampled]
         if missing:
             raise SpaceError(f"sample for stage {self.method!r} lacks param {missing[0]!r}")
         out = dict(self.constants)
         out.update({key: spec.cast(sampled[key]) for key, spec in self.params.items()})
+        out.update({k: v for k, v in sampled.items() if k not in self.params and not k.startswith("_")})
         out["train.epochs"] = self.sweep.epochs
+        if self.sweep.metric in ("probe", "rankme"):
+            out.update({"train.selection": self.sweep.metric, "train.selection_every": self.sweep.eval_every,
+                        "train.selection_size": self.sweep.probe_size})
+        out.update(fixed or {})
         return out
 
-    def config(self, sampled: dict, base: dict | None = None) -> Config:
-        """The run config of one trial (``base``: a nested dict applied under the overrides)."""
-        return make_config(self.method, self.overrides(sampled), base=base)
+    def config(self, sampled: dict, fixed: dict | None = None, base: dict | None = None) -> Config:
+        """The run config of one trial: the one path from a sampled Tune config to a Config, used by
+        the trials themselves (``base``: a nested dict applied under the overrides)."""
+        return make_config(self.method, self.overrides(sampled, fixed), base=base)
+
+    def resolved(self, default_metric: str) -> StageSpace:
+        """This stage with its selection metric chosen (see StageSweep.resolved)."""
+        return dataclasses.replace(self, sweep=self.sweep.resolved(default_metric))
 
     def searcher(self, seed: int | None = None):
         """A seeded ``OptunaSearch`` over this stage's params: multivariate TPE, or random sampling."""
@@ -201,7 +262,7 @@ class StageSpace:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = (optuna.samplers.TPESampler(seed=seed, multivariate=True) if self.sweep.search == "tpe"
                        else optuna.samplers.RandomSampler(seed=seed))
-        return OptunaSearch(space=self.optuna_space(), metric=self.sweep.metric, mode=self.sweep.mode,
+        return OptunaSearch(space=self.optuna_space(), metric=self.sweep.reported_metric, mode=self.sweep.mode,
                             sampler=sampler)
 
 
@@ -301,20 +362,26 @@ def _stage(raw, path: str, where: str, top_level: bool = False) -> StageSpace:
         raise SpaceError(f"{path}: {where}method: unknown method {method!r} (methods: {', '.join(METHODS)})")
     sweep = _sweep(raw.get("sweep"), path, where)
     params, constants = _params(raw.get("params"), method, path, where + "params.")
+    if sweep.metric == "val_loss":
+        scaling = [k for k in params if rescales_loss(k)]
+        if scaling:
+            raise SpaceError(f"{path}: {where}sweep.metric: val_loss cannot rank trials that sweep {scaling[0]} "
+                             "(it rescales the loss, so the sampler would learn to shrink it); "
+                             "use metric probe or rankme")
     return StageSpace(method=method, sweep=sweep, params=params, constants=constants)
 
 
-def _sweep(raw, path: str, where: str) -> SweepSettings:
+def _sweep(raw, path: str, where: str) -> StageSweep:
     if raw is None:
-        return SweepSettings()
+        return StageSweep()
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: {where}sweep must be a mapping")
-    names = [f.name for f in dataclasses.fields(SweepSettings)]
+    names = [f.name for f in dataclasses.fields(StageSweep)]
     for key in raw:
         if key not in names:
             raise SpaceError(f"{path}: unknown key '{where}sweep.{key}' (keys: {', '.join(names)})")
     try:
-        return SweepSettings(**raw)
+        return StageSweep(**raw)
     except SpaceError as e:
         raise SpaceError(f"{path}: {where}{e}") from None
 

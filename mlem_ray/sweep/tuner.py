@@ -14,7 +14,6 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from ..config import make_config
 from ..training.loop import Runtime, resolve_device, train
 from .space import StageSpace
 
@@ -26,10 +25,8 @@ _REPORTED_KINDS = (int, float)
 class TrialSettings:
     """What every trial of a stage shares (passed with tune.with_parameters)."""
 
-    method: str
-    constants: dict
+    stage: StageSpace  # with its selection metric resolved
     fixed: dict  # data path, teacher, threads: set by the pipeline, not swept
-    epochs: int
     cpus_per_trial: float = 1.0
     workers: int = 1  # > 1 (or GPUs): the trial drives a TorchTrainer of that many DDP workers
     gpus_per_worker: float = 0.0
@@ -42,14 +39,17 @@ class TrialSettings:
 
 
 class TuneReporter:
-    """Reporter for the training loop inside a Tune trial. Adds the Ray node the trial ran on."""
+    """Reporter for the training loop inside a Tune trial. Adds the Ray node the trial ran on.
+    Non-finite values are left out, except the stage's metric: Tune needs it in every result, and
+    a NaN there ranks the trial last rather than failing it."""
 
-    def __init__(self):
+    def __init__(self, metric: str):
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.metric = metric
 
     def report(self, metrics: dict, checkpoint: Path | None) -> None:
         flat = {k: (float(v) if not isinstance(v, bool) else int(v)) for k, v in metrics.items()
-                if isinstance(v, _REPORTED_KINDS) and (not isinstance(v, float) or math.isfinite(v))}
+                if isinstance(v, _REPORTED_KINDS) and (not isinstance(v, float) or math.isfinite(v) or k == self.metric)}
         flat["node_id"] = self.node_id
         if checkpoint is not None:
             tune.report(flat, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
@@ -57,14 +57,9 @@ class TuneReporter:
             tune.report(flat)
 
 
-def trial_overrides(settings: TrialSettings, sampled: dict) -> dict:
-    return {**settings.constants, **{k: v for k, v in sampled.items() if not k.startswith("_")},
-            "train.epochs": settings.epochs, **settings.fixed}
-
-
 def run_trial(sampled: dict, settings: TrialSettings) -> None:
     """The Tune function trainable."""
-    cfg = make_config(settings.method, trial_overrides(settings, sampled))
+    cfg = settings.stage.config(sampled, settings.fixed)
     if settings.distributed:
         # Train V2 inside a Tune trial: the workers' reports reach Tune through
         # TuneReportCallback (rank 0's metrics plus a checkpoint_path metric).
@@ -80,42 +75,60 @@ def run_trial(sampled: dict, settings: TrialSettings) -> None:
     checkpoint = tune.get_checkpoint()  # set when Tune restores an interrupted trial
     if checkpoint is not None:
         resume = checkpoint.to_directory()
-    train(cfg, TuneReporter(), Runtime(device=resolve_device(cfg.train.device)), resume=resume)
+    train(cfg, TuneReporter(settings.stage.sweep.reported_metric), Runtime(device=resolve_device(cfg.train.device)),
+          resume=resume)
     if resume:
         shutil.rmtree(resume, ignore_errors=True)
 
 
 class ScoreOnComplete(tune.Callback):
-    """Hands each completed trial's best checkpoint to the evaluation actor, without waiting.
+    """Hands each completed trial's kept checkpoint to the evaluation actor, without waiting.
     The actor is looked up by name, so a callback restored with the experiment still finds it."""
 
-    def __init__(self, actor_name: str, stage: str, method: str, swept: list[str], reseed_of: str = ""):
+    def __init__(self, actor_name: str, stage: str, method: str, swept: list[str], metric: str, mode: str,
+                 reseed_of: str = ""):
         self.actor_name, self.stage, self.method, self.swept, self.reseed_of = actor_name, stage, method, swept, reseed_of
+        self.metric, self.mode = metric, mode
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        found = best_checkpoint(trial.run_metadata.checkpoint_manager.best_checkpoint_result)
+        found = kept_checkpoint(trial.run_metadata.checkpoint_manager.best_checkpoint_result)
         if found is None and trial.local_path:  # a multi-worker trial: checkpoints live in its Train run
-            found = best_reported_path(_read_results(Path(trial.local_path) / "result.json"))
+            found = best_reported(_read_results(Path(trial.local_path) / "result.json"), self.metric, self.mode)
         if found is not None:
             actor = ray.get_actor(self.actor_name, namespace="mlem_ray")
-            submit(actor, trial.trial_id, trial.config, found, self.stage, self.method, self.swept, self.reseed_of,
-                   trial.path or "")  # the storage dir: local_path is a staging copy
+            submit(actor, trial.trial_id, trial.config, found, self.stage, self.method, self.swept, self.metric,
+                   self.mode, self.reseed_of, trial.path or "")  # the storage dir: local_path is a staging copy
 
 
-def best_checkpoint(result):
-    """(path, val_loss) from a checkpoint result, or None."""
+def kept_checkpoint(result):
+    """(path, metrics) of the checkpoint Tune kept for a trial (the best by the stage's metric), or None."""
     if result is None or result.checkpoint is None:
         return None
-    return result.checkpoint.path, float(result.metrics.get("val_loss", math.nan))
+    return result.checkpoint.path, dict(result.metrics)
 
 
-def best_reported_path(rows) -> tuple[str, float] | None:
-    """(checkpoint_path, val_loss) of the best reported epoch that carried a checkpoint."""
-    with_ckpt = [r for r in rows if isinstance(r.get("checkpoint_path"), str) and r.get("val_loss") is not None]
+def _score_key(metric: str, mode: str):
+    """Sort key: best first, NaN and missing last."""
+    def key(metrics: dict) -> float:
+        try:
+            value = float(metrics.get(metric))
+        except (TypeError, ValueError):
+            return math.inf
+        if not math.isfinite(value):
+            return math.inf
+        return -value if mode == "max" else value
+
+    return key
+
+
+def best_reported(rows, metric: str, mode: str) -> tuple[str, dict] | None:
+    """(checkpoint_path, metrics) of the best reported epoch, by the stage's metric, that carried a
+    checkpoint (a multi-worker trial reports its checkpoints as a checkpoint_path metric)."""
+    with_ckpt = [r for r in rows if isinstance(r.get("checkpoint_path"), str)]
     if not with_ckpt:
         return None
-    best = min(with_ckpt, key=lambda r: float(r["val_loss"]))
-    return best["checkpoint_path"], float(best["val_loss"])
+    best = min(with_ckpt, key=_score_key(metric, mode))
+    return best["checkpoint_path"], best
 
 
 def _read_results(path: Path) -> list[dict]:
@@ -126,10 +139,19 @@ def _read_results(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def submit(actor, trial_id, config, found, stage, method, swept, reseed_of="", trial_dir=""):
-    path, val_loss = found
+def submit(actor, trial_id, config, found, stage, method, swept, metric, mode, reseed_of="", trial_dir=""):
+    path, metrics = found
     params = {k: config[k] for k in swept if k in config}
-    return actor.score.remote(trial_id, stage, method, path, val_loss, params, int(config.get("train.seed", 0)),
+
+    def number(key):
+        try:
+            return float(metrics.get(key))
+        except (TypeError, ValueError):
+            return math.nan
+
+    selection = {"selection_metric": metric, "selection_mode": mode, "selection_value": number(metric),
+                 "val_loss": number("val_loss")}
+    return actor.score.remote(trial_id, stage, method, path, selection, params, int(config.get("train.seed", 0)),
                               reseed_of, trial_dir)
 
 
@@ -140,13 +162,14 @@ def run_stage(name: str, stage: StageSpace, out: Path, fixed: dict, actor, actor
     trial is on the leaderboard. -> the stage's leaderboard rows. `param_space` replaces the search
     (used to re-run one config with other seeds; its rows are labelled `row_stage`)."""
     row_stage = row_stage or name
-    settings = TrialSettings(stage.method, dict(stage.constants), dict(fixed), stage.sweep.epochs, cpus_per_trial,
-                             workers, gpus_per_worker, train_storage=str((out / f"{name}_train").resolve()))
+    settings = TrialSettings(stage, dict(fixed), cpus_per_trial, workers, gpus_per_worker,
+                             train_storage=str((out / f"{name}_train").resolve()))
+    metric, mode = stage.sweep.reported_metric, stage.sweep.mode
     # A distributed trial's own process only drives the TorchTrainer; its workers hold the resources.
     driver_cpus = 0.5 if settings.distributed else cpus_per_trial
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"cpu": driver_cpus})
     swept = list(stage.params) + (["train.seed"] if param_space else [])
-    callback = ScoreOnComplete(actor_name, row_stage, stage.method, swept, reseed_of)
+    callback = ScoreOnComplete(actor_name, row_stage, stage.method, swept, metric, mode, reseed_of)
     experiment = (out / name).resolve()
     if resume and tune.Tuner.can_restore(str(experiment)):
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -156,7 +179,7 @@ def run_stage(name: str, stage: StageSpace, out: Path, fixed: dict, actor, actor
         sweep = stage.sweep
         # Inline trials all ask for the same resources, so one trial process can run the next trial:
         # that saves a process start and the torch import per trial (seconds on a small machine).
-        common = dict(metric=sweep.metric, mode=sweep.mode, max_concurrent_trials=max_concurrent,
+        common = dict(metric=metric, mode=mode, max_concurrent_trials=max_concurrent,
                       trial_dirname_creator=_trial_dirname, reuse_actors=not settings.distributed)
         if param_space is None:
             scheduler = (tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=sweep.epochs,
@@ -169,8 +192,8 @@ def run_stage(name: str, stage: StageSpace, out: Path, fixed: dict, actor, actor
             tune_config = tune.TuneConfig(num_samples=1, **common)
         run_config = tune.RunConfig(
             name=name, storage_path=str(out.resolve()), callbacks=[callback], verbose=1,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
-                                                    checkpoint_score_order="min"),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
+                                                    checkpoint_score_order=mode),
             failure_config=tune.FailureConfig(max_failures=1),
         )
         tuner = tune.Tuner(trainable, param_space=param_space or {}, tune_config=tune_config, run_config=run_config)
@@ -182,13 +205,13 @@ def run_stage(name: str, stage: StageSpace, out: Path, fixed: dict, actor, actor
     for result in grid:
         if result.error is not None:
             continue
-        kept = [r for r in (result.best_checkpoints or [])]
-        found = min(((c.path, float(m.get("val_loss", math.inf))) for c, m in kept), key=lambda x: x[1], default=None)
+        kept = sorted(result.best_checkpoints or [], key=lambda cm: _score_key(metric, mode)(cm[1]))
+        found = (kept[0][0].path, dict(kept[0][1])) if kept else None
         if found is None and result.metrics_dataframe is not None:
-            found = best_reported_path(result.metrics_dataframe.to_dict("records"))
+            found = best_reported(result.metrics_dataframe.to_dict("records"), metric, mode)
         if found is not None:
             refs.append(submit(actor, result.metrics.get("trial_id") or Path(result.path).name, result.config, found,
-                               row_stage, stage.method, swept, reseed_of, result.path))
+                               row_stage, stage.method, swept, metric, mode, reseed_of, result.path))
     return ray.get(refs)
 
 

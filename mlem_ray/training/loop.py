@@ -187,6 +187,14 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
         start_epoch = int(trainer_state["epoch"]) + 1
         best_val = float(trainer_state["best_val"])
 
+    scorer = None
+    if cfg.train.selection != "none" and runtime.is_main:  # Tune sees rank 0's metrics only
+        from ..evaluation.selection import SelectionScorer
+
+        scorer = SelectionScorer(seqs, cfg.train.selection, max_len, size=cfg.train.selection_size)
+    # The last scored epoch's values (kept in the checkpoint, so a resumed trial reports them too).
+    selection: dict = dict(trainer_state.get("selection", {})) if resume else {}
+
     metrics: dict = {}
     cpu_start = time.process_time()
     out_of_budget = False
@@ -237,16 +245,22 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
         val_loss = val_metrics.get("val_loss", train_metrics.get("train_loss", math.nan))
         improved = val_loss < best_val
         best_val = min(best_val, val_loss)
+        last_epoch = out_of_budget or epoch == cfg.train.epochs - 1
+        scored = cfg.train.selection == "none" or last_epoch or (epoch + 1) % cfg.train.selection_every == 0
+        if scorer is not None and scored:
+            selection = {**scorer(objective.encoder, runtime.device), "selection_epoch": epoch}
         metrics = {"epoch": epoch, "val_loss": val_loss, "best_val_loss": best_val, "lr": scheduler.get_last_lr()[0],
                    "steps": scheduler.last_epoch,
                    "epoch_seconds": time.perf_counter() - t0, **train_metrics, **val_metrics,
-                   "is_best": bool(improved)}
+                   "is_best": bool(improved), **selection}
         checkpoint_dir = None
-        if runtime.is_main:
+        # Between scored epochs the selection values are the last scored epoch's; a checkpoint there
+        # would be ranked by a score that is not its own, so only scored epochs carry one.
+        if runtime.is_main and scored:
             checkpoint_dir = Path(tempfile.mkdtemp(prefix="mlem_ray_ckpt_")) / "checkpoint"
             trainer_state = {"epoch": epoch, "best_val": best_val, "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                             "max_len": max_len}
+                             "max_len": max_len, "selection": selection}
             save_checkpoint(checkpoint_dir, cfg, seqs.schema, objective.encoder.state_dict(),
                             objective.state_dict(), trainer_state, metrics)
         reporter.report(metrics, checkpoint_dir)

@@ -23,11 +23,25 @@ from .loop import Runtime, train
 FAIL_ONCE_MARKER = "fail_once_at_epoch"
 
 
+def ranking_metric(cfg: Config) -> tuple[str, str]:
+    """The metric (and its mode) that ranks this run's checkpoints: the in-trial selection score when
+    the run computes one (evaluation/selection.py), else the validation loss."""
+    if cfg.train.selection == "none":
+        return "val_loss", "min"
+    from ..evaluation.selection import REPORTED
+
+    return REPORTED[cfg.train.selection]
+
 
 class TrainReporter:
+    """Non-finite values are left out, except the ranking metric (Tune needs it in every result)."""
+
+    def __init__(self, metric: str = "val_loss"):
+        self.metric = metric
+
     def report(self, metrics: dict, checkpoint: Path | None) -> None:
         flat = {k: (int(v) if isinstance(v, bool) else float(v)) for k, v in metrics.items()
-                if isinstance(v, (int, float)) and (not isinstance(v, float) or math.isfinite(v))}
+                if isinstance(v, (int, float)) and (not isinstance(v, float) or math.isfinite(v) or k == self.metric)}
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint is not None else None
         ray.train.report(flat, checkpoint=ckpt)
 
@@ -66,7 +80,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     hook = None
     if loop_config.get(FAIL_ONCE_MARKER) is not None:
         hook = _fail_once(loop_config["marker_dir"], loop_config[FAIL_ONCE_MARKER])
-    train(cfg, TrainReporter(), runtime, resume=resume, on_batch=hook)
+    train(cfg, TrainReporter(ranking_metric(cfg)[0]), runtime, resume=resume, on_batch=hook)
 
 
 def run_distributed(cfg: Config, workers: int, gpus_per_worker: float, storage: Path, name: str,
@@ -76,6 +90,7 @@ def run_distributed(cfg: Config, workers: int, gpus_per_worker: float, storage: 
     from ray.train.torch import TorchTrainer
 
     use_gpu = gpus_per_worker > 0
+    metric, mode = ranking_metric(cfg)
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -84,8 +99,8 @@ def run_distributed(cfg: Config, workers: int, gpus_per_worker: float, storage: 
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(Path(storage).resolve()), callbacks=callbacks or [],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
-                                                         checkpoint_score_order="min"),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
+                                                         checkpoint_score_order=mode),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
         ),
     )
