@@ -59,3 +59,31 @@ def test_aggregates_are_scored_by_the_same_probe(tmp_path):
     assert names[:2] == ["length", "time_span"] and feats.shape == (len(rows), 2 + 2 * 5)
     scores = score_features(feats, seqs, rows, kinds=("tree", "linear"), folds=2, tree_iters=20)
     assert scores["primary_metric"] == "tree_test_mse" and np.isfinite(scores["linear_test_mse"])
+
+
+def test_sweep_evaluator_scores_the_baseline_once_and_the_report_shows_it(tmp_path):
+    from conftest import make_pendulum
+
+    from mlem_ray.config import make_config
+    from mlem_ray.evaluation import leaderboard
+    from mlem_ray.evaluation.actor import Evaluator
+    from mlem_ray.sweep.report import build_report
+    from mlem_ray.training import LocalReporter, train
+
+    data = make_pendulum(tmp_path / "p", 120, seed=2)
+    cfg = make_config("coles", {"data.path": str(data), "model.hidden": 8, "data.batch_size": 16, "data.slice_min": 5,
+                                "data.slice_max": 20, "train.epochs": 1, "train.budget_steps": 2})
+    train(cfg, LocalReporter(tmp_path / "run", stream=None))
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    ev = Evaluator(sweep, data, folds=2, tree_iters=10)
+    for trial in ("a", "b"):
+        row = ev.score(trial, "compare_coles", "coles", str(tmp_path / "run" / "last"), {}, {})
+        assert np.isfinite(row["with_aggregates_tree_cv_mse_mean"])
+    base = leaderboard.read_baseline(sweep)
+    assert base["method"] == "aggregates" and base["features"] == 12 and np.isfinite(base["tree_test_mse"])
+    assert len(leaderboard.read(sweep)) == 2  # the baseline is no trial on the leaderboard
+    assert Evaluator(sweep, data).baseline == base  # a restarted actor does not score it again
+    text = build_report(sweep)
+    assert "Aggregate features (12 per sequence, the baseline): tree_cv_mse_mean" in text
+    assert "- coles (compare_coles): " in text and "the aggregates" in text and "embedding + aggregates" in text
