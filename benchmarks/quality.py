@@ -315,6 +315,18 @@ def write_markdown(name: str) -> str:
     return text
 
 
+def merge_results(path: Path, other: Path) -> None:
+    """Add `other`'s runs, curves and finished seeds that `path` lacks (a seed run in parallel)."""
+    if not other.exists():
+        return
+    state, extra = json.loads(path.read_text()), json.loads(other.read_text())
+    have = {(r["seed"], r["method"], r["steps"]) for r in state["runs"]}
+    state["runs"] += [r for r in extra["runs"] if (r["seed"], r["method"], r["steps"]) not in have]
+    state["curves"] = {**extra["curves"], **state["curves"]}
+    state["complete_seeds"] = sorted(set(state.get("complete_seeds", [])) | set(extra.get("complete_seeds", [])))
+    path.write_text(json.dumps(state, indent=1))
+
+
 def main() -> None:
     global RESULTS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -331,12 +343,17 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="data and runs; an interrupted run resumes from it")
     ap.add_argument("--fresh", action="store_true", help="drop the scores already in benchmarks/results first")
     ap.add_argument("--report-only", action="store_true", help="write the tables from benchmarks/results only")
+    ap.add_argument("--merge", type=Path, nargs="+", default=[],
+                    help="with --report-only: first add the runs of these results folders (seeds run in other "
+                         "processes, started from a copy of this folder's json) to this folder's")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where the tables go (default %(default)s)")
     args = ap.parse_args()
     RESULTS = args.results
     if args.report_only:
         for name in args.datasets:
             if (RESULTS / f"quality_{name}.json").exists():
+                for other in args.merge:
+                    merge_results(RESULTS / f"quality_{name}.json", other / f"quality_{name}.json")
                 write_markdown(name)
         return
     from threadpoolctl import threadpool_limits
