@@ -255,9 +255,11 @@ def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = Fal
     settings = _resolve(settings, resume)
     space = SearchSpace.load(settings.space)
     stages = _stages(space, settings)
+    if settings.data:  # refuse a metric the data cannot give before anything is written
+        stages = _resolve_metrics(stages, settings.data)
     session = _start(replace(settings, out=str(Path(settings.out).resolve())), address)
     out, settings = session.out, session.settings
-    stages = _resolve_metrics(stages, settings.data)
+    stages = _resolve_metrics(stages, settings.data)  # the generated demo data, when no --data was given
     summary: dict = {"out": str(out), "stages": {}}
     for name, stage in stages.items():
         stage_fixed = session.fixed(name, space.is_two_stage)
