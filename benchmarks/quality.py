@@ -215,7 +215,10 @@ def _ms(values) -> str:
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
     if not len(v):
         return "-"
-    return f"{v.mean():.3f} +- {v.std():.3f}" + (f" ({len(v)})" if len(v) < 3 else "")
+    # Sample std (n - 1), as the sweep report gives it; one seed has no spread to show.
+    if len(v) == 1:
+        return f"{v[0]:.3f} (1)"
+    return f"{v.mean():.3f} +- {v.std(ddof=1):.3f}" + (f" ({len(v)})" if len(v) < 3 else "")
 
 
 def summarize(state: dict) -> dict:
@@ -264,7 +267,7 @@ def write_markdown(name: str) -> str:
     lines = [("" if complete else "**PARTIAL: not every seed has finished; cells with (n) hold n seeds.**\n\n")
              + f"{name}: {state['n_sequences']} sequences, {state['n_labelled']} labelled ({state['n_test']} test); "
              f"GRU hidden {args['hidden']}, batch {batch}, seeds {seeds}; tree probe ({args['folds']}-fold CV on "
-             f"the training pool, {args['tree_iters']} trees); {metric}, mean +- std over seeds.", "",
+             f"the training pool, {args['tree_iters']} trees); {metric}, mean +- sample std over seeds.", "",
              f"Embedding alone ({metric}):", "", head, rule]
     order = ["coles", "generative", "hybrid", "mlem", "mlem+teacher", "random", "aggregates"]
     label = {"hybrid": "naive hybrid (loss chosen on CV)", "mlem": "MLEM (teacher not counted)",
