@@ -5,11 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .data.schema import DataError
-
-
-class UsageError(ValueError):
-    """Bad user input outside the data layer (config, checkpoints, cluster resources)."""
+from .errors import DataError, NonFiniteLossError, UsageError, UserError
 
 
 def _csv_list(text: str | None) -> tuple[str, ...]:
@@ -93,11 +89,16 @@ def _pretrain(args) -> int:
     import shutil
 
     from .training import LocalReporter, train
+    from .training.loop import preflight
 
     _check_data_dir(args.data)
     cfg = _run_config(args)
+    if args.workers < 1 or args.gpus_per_worker < 0:
+        raise UsageError("--workers must be >= 1 and --gpus-per-worker >= 0")
     if cfg.objective.method == "mlem" and not cfg.objective.teacher:
         raise UsageError("--method mlem needs --teacher CKPT: a CoLES checkpoint trained on the same data")
+    # Everything refusable is refused before --out is touched.
+    preflight(cfg, local_device=args.workers == 1 and not args.gpus_per_worker)
     out = Path(args.out or f"runs/pretrain-{cfg.objective.method}")
     resume = None
     if args.resume:
@@ -108,12 +109,13 @@ def _pretrain(args) -> int:
         if not args.overwrite:
             raise UsageError(f"--out {out} already holds a run; pass --resume to continue it or --overwrite to start over")
         shutil.rmtree(out)
-    if args.workers < 1 or args.gpus_per_worker < 0:
-        raise UsageError("--workers must be >= 1 and --gpus-per-worker >= 0")
     if args.workers > 1 or args.gpus_per_worker > 0:
         return _pretrain_distributed(args, cfg, out, resume)
     print(f"pretraining {cfg.objective.method} on {args.data} -> {out}", flush=True)
-    metrics = train(cfg, LocalReporter(out), resume=resume)
+    from .training.loop import Runtime, resolve_device
+
+    metrics = train(cfg, LocalReporter(out), Runtime(device=resolve_device(cfg.train.device), progress=True),
+                    resume=resume)
     if not metrics:
         print(f"{out}: already trained for {cfg.train.epochs} epochs; nothing to do")
     else:
@@ -128,18 +130,17 @@ def _pretrain_distributed(args, cfg, out: Path, resume) -> int:
     import ray
 
     from .training.ray_train import run_distributed
-    from .training.resources import check_gpus
+    from .training.resources import check_gpus, connect
 
-    # The dashboard's state API lets Train clean up placement groups of stopped runs (DESIGN.md).
-    ray.init(address=args.address or None, namespace="mlem_ray", ignore_reinit_error=True,
-             **({} if args.address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
+    connect(args.address)
     check_gpus(args.gpus_per_worker, args.workers)
     global_batch = cfg.data.batch_size * args.workers
     print(f"pretraining {cfg.objective.method} on {args.data} with {args.workers} Ray Train workers "
           f"(global batch {global_batch} sequences) -> {out}", flush=True)
     result = run_distributed(cfg, args.workers, args.gpus_per_worker, out / "ray_train", name="run",
                              cpus_per_worker=max(0.5, (ray.cluster_resources().get("CPU", 1) / args.workers)
-                                                 if not args.gpus_per_worker else 1.0), resume=resume)
+                                                 if not args.gpus_per_worker else 1.0), resume=resume,
+                             extra={"log_dir": str(out.resolve())})  # metrics.jsonl + scalars, as a local run
     best, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1].get("val_loss", float("inf")))
     for name, ckpt in (("best", best), ("last", result.checkpoint)):
         if (out / name).exists():
@@ -155,9 +156,11 @@ def _evaluate(args) -> int:
 
     from .evaluation.evaluate import evaluate_checkpoint
 
+    if args.folds < 2:
+        raise UsageError(f"--folds must be at least 2 (cross-validation), got {args.folds}")
     _check_data_dir(args.data)
     result = evaluate_checkpoint(args.checkpoint, args.data, folds=args.folds, seed=args.seed,
-                                 robustness=args.robustness)
+                                 robustness=args.robustness, progress=True)
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True))
     else:
@@ -171,11 +174,10 @@ def _embed(args) -> int:
     import os
 
     import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from .data.prepared import EventSequences
-    from .evaluation.embed import embed_rows
+    from .evaluation.embed import embed_rows, embedding_table
     from .training.checkpoint import load_encoder
 
     _check_data_dir(args.data)
@@ -184,9 +186,8 @@ def _embed(args) -> int:
     seqs = EventSequences.open(args.data)
     encoder, ckpt = load_encoder(args.checkpoint, seqs.schema)
     rows = seqs.indices(*args.split) if args.split else seqs.indices()
-    emb = embed_rows(encoder, seqs, rows, ckpt.state["trainer"].get("max_len", seqs.schema.max_len))
-    table = pa.table({"id": seqs.ids.take(pa.array(rows)), "split": pa.array(seqs.split[rows].astype(str)),
-                      **{f"e{j}": emb[:, j] for j in range(emb.shape[1])}})
+    emb = embed_rows(encoder, seqs, rows, ckpt.state["trainer"].get("max_len", seqs.schema.max_len), progress=True)
+    table = embedding_table(seqs, rows, emb, wide=args.wide)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)
@@ -200,12 +201,17 @@ def _sweep(args) -> int:
 
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
-    if args.workers_per_trial < 1 or args.gpus_per_worker < 0:
-        raise UsageError("--workers-per-trial must be >= 1 and --gpus-per-worker >= 0")
+    if args.workers_per_trial < 1 or args.gpus_per_worker < 0 or args.eval_gpus < 0:
+        raise UsageError("--workers-per-trial must be >= 1, --gpus-per-worker and --eval-gpus >= 0")
+    from .sweep.trackers import missing
+
+    if missing(args.tracker or []):
+        raise UsageError(missing(args.tracker or []))
     settings = SweepJob(out=str(args.out), data=str(args.data or ""), space=str(args.space or ""),
-                             trials=args.trials or 0, methods=list(_csv_list(args.methods)),
-                             gpus_per_worker=args.gpus_per_worker, workers_per_trial=args.workers_per_trial,
-                             sequences=args.sequences)
+                        trials=args.trials or 0, methods=list(_csv_list(args.methods)),
+                        gpus_per_worker=args.gpus_per_worker, workers_per_trial=args.workers_per_trial,
+                        sequences=args.sequences, eval_gpus=args.eval_gpus,
+                        trackers=list(dict.fromkeys(args.tracker or [])))
     run_sweep(settings, address=args.address, resume=args.resume)
     return 0
 
@@ -293,7 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("embed", help="write one embedding row per sequence id to Parquet")
     q.add_argument("--data", required=True, type=Path)
     q.add_argument("--checkpoint", required=True, type=Path)
-    q.add_argument("--out", required=True, type=Path, help="output .parquet (columns id, split, e0..eH-1)")
+    q.add_argument("--out", required=True, type=Path,
+                   help="output .parquet: id, split, target (if any), embedding (fixed_size_list<float32>[H])")
+    q.add_argument("--wide", action="store_true", help="one float32 column per dimension (e0..eH-1) instead of the "
+                                                       "embedding list column")
     q.add_argument("--split", action="append", choices=["train", "val", "test"], help="only these splits (repeatable)")
     q.set_defaults(func=_embed)
 
@@ -310,7 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers-per-trial", type=int, default=1,
                    help="DDP workers per trial; > 1 runs each trial as a Ray Train TorchTrainer (default %(default)s: inline)")
     q.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per trial worker (default %(default)s: CPU)")
+    q.add_argument("--eval-gpus", type=float, default=0.0,
+                   help="GPU share the evaluation actor holds to embed checkpoints (default %(default)s: CPU)")
     q.add_argument("--sequences", type=int, default=2000, help="Pendulum size when no --data is given (default %(default)s)")
+    q.add_argument("--tracker", action="append", choices=["mlflow", "wandb"],
+                   help="also log every trial, with its downstream scores, to MLflow (a SQLite store OUT/mlflow.db "
+                        "unless MLFLOW_TRACKING_URI is set) or W&B (offline in OUT/wandb unless WANDB_MODE is set); "
+                        "repeatable; optional extras: pip install 'mlem_ray[mlflow]'")
     q.set_defaults(func=_sweep)
 
     q = sub.add_parser("report", help="leaderboard (methods side by side), parameter importances and plots of a sweep")
@@ -322,29 +337,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .config import ConfigError
-    from .sweep.pipeline import SweepError
-    from .sweep.report import ReportError
-    from .sweep.space import SpaceError
-    from .training.checkpoint import CheckpointError
-    from .training.resources import ResourceError
-
+    # Bad input (errors.UserError, from any layer) is one line and exit 2; anything else is a bug
+    # and keeps its traceback.
     try:
         return args.func(args)
-    except (DataError, UsageError, ConfigError, CheckpointError, SweepError, SpaceError, ReportError,
-            ResourceError) as e:
-        print(f"mlem-ray {args.command}: error: {e}", file=sys.stderr)
+    except UserError as e:
+        print(f"mlem-ray {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except Exception as e:
-        from .training.loop import NonFiniteLossError
-
-        if isinstance(e, NonFiniteLossError):
-            print(f"mlem-ray {args.command}: error: {e}", file=sys.stderr)
-            return 1
-        raise
+    except NonFiniteLossError as e:
+        print(f"mlem-ray {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
