@@ -110,7 +110,7 @@ def load_leaderboard(sweep_dir: Path) -> pd.DataFrame:
         raise ReportError(f"{path}: not a leaderboard (no column {missing[0]!r}); "
                           "it should be written by mlem-ray sweep")
     defaults = {"stage": board["method"], "primary_metric": "primary", "primary_mode": "min", "status": "ok",
-                "error": "",
+                "error": "", "selection_metric": "val_loss", "selection_mode": "min", "selection_value": np.nan,
                 "reseed_of": "", "params": "{}", "seed": 0, "scored_at": np.arange(len(board), dtype=float)}
     for column, value in defaults.items():
         if column not in board.columns:
