@@ -269,7 +269,7 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
                 break
         if batches is not source:
             batches.close()
-        source.close()
+        source.close()  # join the prefetch thread before the next epoch moves the collator on
         train_metrics = _mean_metrics(sums, "train", runtime)
         with precision.autocast():
             val_metrics = _validate(model, val_loader, val_collate, kind, runtime)
