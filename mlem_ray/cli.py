@@ -222,7 +222,7 @@ def _report(args) -> int:
     if args.reseed:
         from .sweep.pipeline import reseed_best
 
-        reseed_best(args.sweep_dir, seeds=tuple(range(1, args.seeds)), address=args.address)
+        reseed_best(args.sweep_dir, seeds=tuple(range(1, args.seeds + 1)), address=args.address)
     print(build_report(Path(args.sweep_dir)))
     print(f"\nplots and report.md in {Path(args.sweep_dir) / 'report'}")
     return 0
@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("report", help="leaderboard (methods side by side), parameter importances and plots of a sweep")
     q.add_argument("sweep_dir", type=Path, help="the sweep's --out directory")
     q.add_argument("--reseed", action="store_true", help="first re-run each stage's best config with more seeds (needs Ray)")
-    q.add_argument("--seeds", type=int, default=3, help="seeds in all for --reseed, the original included (default %(default)s)")
+    q.add_argument("--seeds", type=int, default=3, help="new seeds for --reseed; the report's mean +- std is over these only, not the seed the config was selected with (default %(default)s)")
     q.add_argument("--address", help="Ray cluster for --reseed (default: start Ray in-process)")
     q.set_defaults(func=_report)
     return p

@@ -121,8 +121,10 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0: a full pass over the training split
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
-    budget_cpu_s: float = 0.0  # stop once the run has used this much process CPU time (0: no limit);
-    # compares methods at equal compute, unaffected by other load on the machine
+    budget_steps: int = 0  # stop after this many optimizer steps in all (0: no limit); sequences seen =
+    # budget_steps x data.batch_size x workers. The budget that compares methods: deterministic.
+    budget_cpu_s: float = 0.0  # a safety cap in process CPU time (0: none); depends on machine load,
+    # so no comparison of methods may use it
     selection: str = "none"  # in-trial selection score each epoch: none | probe | rankme (evaluation/selection.py)
     selection_every: int = 1  # score every N epochs (and the last); only scored epochs carry a checkpoint
     selection_size: int = 4096  # at most this many training-pool sequences are embedded for the score
@@ -133,8 +135,8 @@ class TrainConfig:
     def __post_init__(self):
         _positive(self, "epochs", "selection_every", "selection_size")
         _choice(self, "selection", ("none", "probe", "rankme"))
-        if self.budget_cpu_s < 0:
-            raise ConfigError("train.budget_cpu_s must be >= 0")
+        if self.budget_cpu_s < 0 or self.budget_steps < 0:
+            raise ConfigError("train.budget_cpu_s and train.budget_steps must be >= 0")
         _choice(self, "device", ("auto", "cpu", "cuda"))
         _choice(self, "precision", ("fp32", "bf16", "fp16"))
         if min(self.steps_per_epoch, self.threads, self.prefetch, self.loader_workers) < 0:

@@ -30,11 +30,15 @@ class Evaluator:
     """The actor's body (plain class, so it is testable without Ray)."""
 
     def __init__(self, sweep_dir, data_path, folds: int = 5, seed: int = 0, tree_iters: int = 300,
-                 robustness: bool = False, threads: int = 1, device: str = "cpu"):
+                 robustness: bool = False, threads: int = 1, device: str = "cpu", aggregates: bool = True):
         self.sweep_dir = Path(sweep_dir)
         self.data_path = str(data_path)
         self.folds, self.seed, self.tree_iters, self.robustness = folds, seed, tree_iters, robustness
         self.threads, self.device = threads, device
+        # The aggregate-features baseline: scored once per sweep (one data set), and every trial's
+        # embedding is also scored concatenated with it (tree probe, `with_aggregates_*` columns).
+        self.aggregates = aggregates
+        self.baseline = leaderboard.read_baseline(self.sweep_dir)
         self.board = leaderboard.read(self.sweep_dir)
         self.restored_rows = len(self.board)
         # Scores run one at a time; the lock lets info() and rows() answer while a score is running.
@@ -89,6 +93,8 @@ class Evaluator:
         try:
             with threadpool_limits(self.threads):
                 result = self._evaluate(checkpoint)
+                if self.aggregates and self.baseline is None:
+                    self.baseline = self._score_baseline()
             metric, mode = leaderboard.downstream_metric(result["task"])
             status, error = leaderboard.OK, ""
         except Exception as e:  # noqa: BLE001 (any failure of one trial's scoring is that trial's)
@@ -112,12 +118,32 @@ class Evaluator:
             self._tensorboard(row, params, trial_dir)
         return row
 
+    def _score_baseline(self) -> dict:
+        """The aggregate features alone, through the same probes as the trials' embeddings."""
+        from ..data.prepared import EventSequences
+        from .aggregates import aggregate_features, score_features
+
+        seqs = EventSequences.open(self.data_path)
+        rows = seqs.labelled()
+        features, names = aggregate_features(seqs, rows)
+        scores = score_features(features, seqs, rows, kinds=("tree", "linear"), folds=self.folds, seed=self.seed,
+                                tree_iters=self.tree_iters)
+        metric, mode = leaderboard.downstream_metric(seqs.schema.task)
+        baseline = {"method": "aggregates", "features": len(names), "primary_metric": metric, "primary_mode": mode,
+                    "primary_value": float(scores[metric]),
+                    **{k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+        leaderboard.write_baseline(self.sweep_dir, baseline)
+        return baseline
+
+    def baseline_scores(self) -> dict | None:
+        return self.baseline
+
     def _evaluate(self, checkpoint) -> dict:
         from .evaluate import evaluate_checkpoint
 
         return evaluate_checkpoint(checkpoint, self.data_path, kinds=("tree", "linear"), folds=self.folds,
                                    seed=self.seed, robustness=self.robustness, tree_iters=self.tree_iters,
-                                   device=self.device)
+                                   device=self.device, with_aggregates=self.aggregates)
 
     def _tensorboard(self, row: dict, params: dict, trial_dir: str) -> None:
         """The trial's HParams session (swept values, in-trial and downstream metrics) beside its

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ..data.prepared import EventSequences
 from ..data.schema import DataError
 from ..training.checkpoint import load_encoder
@@ -16,9 +18,12 @@ DROP_SHARES = (0.1, 0.3, 0.5, 0.7)
 
 
 def evaluate_checkpoint(checkpoint, data, kinds=("tree", "linear"), folds: int = 5, seed: int = 0,
-                        robustness: bool = False, tree_iters: int = 300, device="cpu", progress: bool = False) -> dict:
-    """-> flat dict of metrics (probe scores, anisotropy, intrinsic_dim, robust_drop{p}_...).
-    `progress`: a tqdm bar over the steps (embedding, each probe, each perturbation) on a terminal."""
+                        robustness: bool = False, tree_iters: int = 300, device="cpu", progress: bool = False,
+                        with_aggregates: bool = False) -> dict:
+    """-> flat dict of metrics (probe scores, anisotropy, intrinsic_dim, robust_drop{p}_...; with
+    `with_aggregates`, the tree probe of the embedding concatenated with the aggregate features as
+    with_aggregates_tree_*). `progress`: a tqdm bar over the steps (embedding, each probe, each
+    perturbation) on a terminal."""
     from tqdm.auto import tqdm
 
     seqs = data if isinstance(data, EventSequences) else EventSequences.open(data)
@@ -43,6 +48,12 @@ def evaluate_checkpoint(checkpoint, data, kinds=("tree", "linear"), folds: int =
         result.update(scores)
         bar.update()
     result["primary_metric"], result["primary_mode"] = primary
+    if with_aggregates:
+        from .aggregates import aggregate_features
+
+        both = np.hstack([emb, aggregate_features(seqs, rows)[0]])
+        scores = probe(both, targets, split, seqs.schema.task, kind="tree", folds=folds, seed=seed, tree_iters=tree_iters)
+        result.update({f"with_aggregates_{k}": v for k, v in scores.items() if k.startswith("tree_")})
     everything = seqs.indices()
     all_emb = emb if len(rows) == len(everything) else embed_rows(encoder, seqs, everything, max_len, device=device)
     result["anisotropy"] = anisotropy(all_emb)

@@ -24,6 +24,7 @@ One row per scored trial. Columns:
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -128,3 +129,21 @@ def pick_teacher(rows, finalists: int) -> dict | None:
     """The MLEM teacher: among the `finalists` trials ranked best by the in-trial selection score,
     the one with the best downstream score. None when no trial was scored."""
     return best(ranked(rows, "selection")[:finalists], "primary")
+
+
+# The aggregate-features baseline of the sweep's data set (evaluation/aggregates.py), scored once by
+# the evaluation actor with the trials' probes. A file of its own, not a leaderboard row: it is no
+# trial, and every count of trials reads the leaderboard.
+BASELINE_FILE = "baseline.json"
+
+
+def read_baseline(sweep_dir) -> dict | None:
+    p = Path(sweep_dir) / BASELINE_FILE
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def write_baseline(sweep_dir, scores: dict) -> None:
+    target = Path(sweep_dir) / BASELINE_FILE
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(scores, sort_keys=True))
+    os.replace(tmp, target)

@@ -29,29 +29,39 @@ def anisotropy(embeddings: np.ndarray, max_rows: int = 10_000, seed: int = 0) ->
     return float(s[0] / total)
 
 
-def intrinsic_dimension(embeddings: np.ndarray, max_points: int = 2000, seed: int = 0) -> float:
-    """TwoNN intrinsic dimension (Facco et al. 2017, Sci. Rep. 7:12140), maximum-likelihood form.
+def intrinsic_dimension(embeddings: np.ndarray, max_points: int = 2000, seed: int = 0, discard: float = 0.1) -> float:
+    """TwoNN intrinsic dimension as Facco et al. (2017, Sci. Rep. 7:12140) estimate it.
 
     For each point, r1 and r2 are the distances to its first and second nearest neighbours and
     ``mu = r2 / r1``. On a d-dimensional manifold with locally uniform density mu follows a Pareto
-    law ``f(mu) = d * mu^(-d-1)`` (mu >= 1), whose MLE is ``d = n / sum_i log(mu_i)``. Points with
-    r1 == 0 (exact duplicates) are dropped since their ratio is undefined. Runs on a seeded random
-    subsample of at most ``max_points`` rows, with a tree/brute k-NN query (k=2) per point, never a
-    full N x N distance matrix.
+    law with CDF ``F(mu) = 1 - mu^(-d)``, so ``-log(1 - F(mu)) = d * log(mu)``: d is the slope of a
+    line through the origin fitted (least squares) to the points (log mu_i, -log(1 - F_emp(mu_i)))
+    with the empirical CDF ``F_emp(mu_(i)) = i / n`` of the sorted ratios. As the paper does, the
+    largest ``discard`` share of the ratios is left out of the fit: they come from points whose
+    neighbourhood is not uniform (outliers, curvature) and would dominate it.
+
+    Duplicate points are removed first: a duplicate has r1 = 0, and embeddings of sequences that
+    are one or two events long coincide often; keeping them made the maximum-likelihood form of
+    this estimator give values below 1. Runs on a seeded random subsample of at most
+    ``max_points`` distinct rows, with a k-NN query (k=2) per point, never an N x N matrix.
     """
     x = _as_finite_matrix(embeddings)
+    x = np.unique(x, axis=0)  # sorted rows; the seeded subsample below decides which are used
     x = _subsample(x, max_points, seed)
     if x.shape[0] < 3:
-        raise ValueError(f"intrinsic_dimension needs at least 3 points, got {x.shape[0]}")
+        raise ValueError(f"intrinsic_dimension needs at least 3 distinct points, got {x.shape[0]}")
     # kneighbors() without X excludes each query point itself from its own neighbours.
     dist, _ = NearestNeighbors(n_neighbors=2).fit(x).kneighbors()
-    r1, r2 = dist[:, 0], dist[:, 1]
-    keep = r1 > 0
-    log_mu = np.log(r2[keep] / r1[keep])
-    total = float(log_mu.sum())
-    if log_mu.size == 0 or total <= 0.0:
-        raise ValueError("intrinsic_dimension undefined: no distinct 1st/2nd neighbour distances")
-    return float(log_mu.size / total)
+    mu = np.sort(dist[:, 1] / dist[:, 0])
+    n = len(mu)
+    keep = min(n - 1, max(2, int(np.floor(n * (1.0 - discard)))))  # F_emp = 1 at the last ratio
+    log_mu = np.log(mu[:keep])
+    # F_emp(mu_(i)) = i / n, i = 1..n; the kept ones never reach F = 1, so the log is finite.
+    y = -np.log(1.0 - np.arange(1, keep + 1) / n)
+    denom = float(np.dot(log_mu, log_mu))
+    if denom <= 0.0:
+        raise ValueError("intrinsic_dimension undefined: every point is equidistant from its two nearest neighbours")
+    return float(np.dot(log_mu, y) / denom)
 
 
 def _as_finite_matrix(embeddings) -> np.ndarray:

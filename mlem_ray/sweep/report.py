@@ -19,8 +19,10 @@ Sections of the text:
 
 1. Leaderboard: one line per stage (a stage sweeps one method; "teacher" is CoLES, "mlem" MLEM,
    "compare_<m>" a comparison): scored trials, the best trial by the primary metric and its mode,
-   and that trial's primary value as mean +- std over its seeds when it was re-seeded
-   (rows with ``reseed_of`` = its id), else as one seed with a hint how to re-seed.
+   and that trial's primary value as mean +- std over its new seeds when it was re-seeded
+   (rows with ``reseed_of`` = its id; the seed it was selected with is left out, as its score is
+   biased by the selection), else as one seed with a hint how to re-seed; then the aggregate-features
+   baseline, and whether each best embedding beats it and adds to it.
 2. The best trials' downstream metrics side by side (rows: metrics, columns: methods), and their params.
 3. Optuna parameter importances (fANOVA, fixed seed) of the primary metric per stage with >= 3 scored
    trials whose params vary, using the stage's distributions from space.yaml.
@@ -146,7 +148,13 @@ class MethodSummary:
     metric: str
     mode: str
     best: dict | None = None  # the best trial's leaderboard row
-    seeds: pd.DataFrame = field(default_factory=pd.DataFrame)  # best row + its re-seeds
+    # Its re-seeds when it has any, else the best row alone. The best row's own value is left out of
+    # a re-seeded mean: it was chosen for being the best, so it is biased up (winner's curse).
+    seeds: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def reseeded(self) -> bool:
+        return len(self.seeds) > 0 and self.best is not None and bool((self.seeds["reseed_of"] != "").all())
 
     @property
     def label(self) -> str:
@@ -171,7 +179,7 @@ def summarize(board: pd.DataFrame) -> list[MethodSummary]:
         if best is not None:
             summary.best = best.to_dict()
             reseeds = board[board["reseed_of"] == summary.best["trial_id"]]
-            summary.seeds = pd.concat([best.to_frame().T, reseeds], ignore_index=True)
+            summary.seeds = reseeds.reset_index(drop=True) if len(reseeds) else best.to_frame().T
         out.append(summary)
     return out
 
@@ -232,7 +240,7 @@ def leaderboard_section(groups: list[MethodSummary], board: pd.DataFrame, sweep_
     metrics = sorted({g.metric for g in groups})
     lines = [f"## Leaderboard (primary metric: {', '.join(metrics)}; "
              f"{'lower' if groups[0].mode == 'min' else 'higher'} is better)", "",
-             "| method | stage | scored trials | best trial | primary value (mean +- std over seeds) | seeds |",
+             "| method | stage | scored trials | best trial | primary value (mean +- std over new seeds) | seeds |",
              "|---|---|---|---|---|---|"]
     needs_reseed = False
     for g in groups:
@@ -245,10 +253,37 @@ def leaderboard_section(groups: list[MethodSummary], board: pd.DataFrame, sweep_
         lines.append(f"| {g.method} | {g.stage} | {g.trials} | {g.best['trial_id']} | {value} | {n} |")
     reseeds = int((board["reseed_of"] != "").sum())
     if reseeds:
-        lines += ["", f"{reseeds} re-seeded run(s) on the board (not counted as trials)."]
+        lines += ["", f"{reseeds} re-seeded run(s) on the board (not counted as trials). A re-seeded best "
+                      "config's value is the mean +- std over its new seeds only: the seed it was selected "
+                      "with is left out, since picking the best of many trials biases that seed's score."]
     if needs_reseed:
-        lines += ["", f"1 seed: run `mlem-ray report {sweep_dir} --reseed` for mean +- std over 3 seeds "
+        lines += ["", f"1 seed: run `mlem-ray report {sweep_dir} --reseed` for mean +- std over 3 new seeds "
                       "of each best config."]
+    return lines + baseline_lines(groups, sweep_dir)
+
+
+def baseline_lines(groups: list[MethodSummary], sweep_dir: Path) -> list[str]:
+    """The aggregate-features baseline (scored once by the evaluation actor) against the best
+    embedding, alone and concatenated with the aggregates."""
+    base = leaderboard.read_baseline(sweep_dir)
+    if not base:
+        return []
+    metric, mode = base["primary_metric"], base["primary_mode"]
+    test = metric.replace("_cv_", "_test_").replace("_mean", "")
+    lines = ["", f"Aggregate features ({base['features']} per sequence, the baseline): {metric} "
+                 f"{fmt(base['primary_value'])}, {test} {fmt(base.get(test))}."]
+    better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
+    scored = [g for g in groups if g.best is not None and g.metric == metric]
+    for g in scored:
+        alone = mean_std(g.values)[0]
+        column = f"with_aggregates_{metric}"
+        both = mean_std(g.seeds[column])[0] if column in g.seeds else math.nan
+        verdict = "beats" if better(alone, base["primary_value"]) else "does not beat"
+        text = f"- {g.label}: {verdict} the aggregates ({fmt(alone)})"
+        if math.isfinite(both):
+            text += (f"; embedding + aggregates {fmt(both)}, "
+                     f"{'adds to' if better(both, base['primary_value']) else 'adds nothing to'} them")
+        lines.append(text + ".")
     return lines
 
 
@@ -276,7 +311,8 @@ def metrics_section(groups: list[MethodSummary]) -> list[str]:
 
 def _with_seeds(g: MethodSummary) -> str:
     n = len(g.values)
-    return f"{g.label}: mean +- std over {n} seeds" if n > 1 else g.label
+    new = " new" if g.reseeded else ""
+    return f"{g.label}: mean +- std over {n}{new} seeds" if n > 1 else g.label + (" (1 new seed)" if new else "")
 
 
 def _cell(values) -> str:

@@ -194,7 +194,10 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
     # gradient: on Pendulum the generative encoder's GRU weights fell from 0.044 to 0.0005 (mean |w|)
     # within two epochs and its embedding ended up worse than a random encoder's.
     optimizer = torch.optim.AdamW(_param_groups(objective, cfg.optim.weight_decay), lr=cfg.optim.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.train.epochs * steps_per_epoch))
+    total_steps = cfg.train.epochs * steps_per_epoch
+    if cfg.train.budget_steps:
+        total_steps = min(total_steps, cfg.train.budget_steps)  # a cosine schedule ends at the budget
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_steps))
     precision = Precision(cfg.train.precision, runtime.device)
     start_epoch, best_val, cpu_spent = 0, math.inf, 0.0
     if resume:
@@ -222,6 +225,9 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
     cpu_start = time.process_time() - cpu_spent
     out_of_budget = False
     for epoch in range(start_epoch, cfg.train.epochs):
+        # The scheduler counts optimizer steps and is restored on resume, so the step budget is too.
+        if cfg.train.budget_steps and scheduler.last_epoch >= cfg.train.budget_steps:
+            break
         t0 = time.perf_counter()
         train_sampler.set_epoch(epoch)
         if kind == "slices":
@@ -258,6 +264,9 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
             precision.backward_step(loss, optimizer, objective.parameters(), cfg.optim.clip_grad)
             scheduler.step()
             _accumulate(sums, out, len(batch))
+            if cfg.train.budget_steps and scheduler.last_epoch >= cfg.train.budget_steps:
+                out_of_budget = True  # the same step on every rank: all count the same steps
+                break
         if batches is not source:
             batches.close()
         source.close()  # join the prefetch thread before the next epoch moves the collator on
@@ -272,6 +281,7 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
         if scorer is not None and scored:
             selection = {**scorer(objective.encoder, runtime.device), "selection_epoch": epoch}
         metrics = {"epoch": epoch, "val_loss": val_loss, "best_val_loss": best_val, "lr": scheduler.get_last_lr()[0],
+                   "steps": scheduler.last_epoch,
                    "epoch_seconds": time.perf_counter() - t0, **train_metrics, **val_metrics,
                    "is_best": bool(improved), **selection}
         checkpoint_dir = None

@@ -1,0 +1,86 @@
+"""The baseline every embedding must beat: hand-made aggregate features per sequence (METHOD.md §5),
+as pytorch-lifestream's AggFeatureSeqEncoder builds them, scored by the same probes as embeddings.
+
+Per sequence, over all its stored events:
+- ``length`` (events) and ``time_span`` (last event time - first, in the schema's time unit);
+- per numeric field, on the original scale (the stored values are de-normalised): mean, std
+  (population), min, max and sum over its non-missing values (0 where a sequence has none);
+- per categorical field, the share of the sequence's events that hold each code (the "unseen or
+  rare" code included, padding excluded).
+
+"Embedding + aggregates" is the two feature matrices side by side: an embedding earns its place in
+industry by beating the aggregates, or by adding to them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.prepared import EventSequences
+from ..data.schema import UNSEEN_CODE
+from .probes import probe
+
+NUMERIC_STATS = ("mean", "std", "min", "max", "sum")
+
+
+def aggregate_features(seqs: EventSequences, rows=None) -> tuple[np.ndarray, list[str]]:
+    """-> ((len(rows), F) float64 features, their F names) for the sequences ``rows`` (all when None)."""
+    rows = seqs.indices() if rows is None else np.asarray(rows, dtype=np.int64)
+    lengths = seqs.lengths[rows]
+    n = len(rows)
+    # Flat positions of the chosen sequences' events and, per event, its output row (segment id).
+    seg = np.repeat(np.arange(n), lengths)
+    starts = np.repeat(seqs.offsets[rows] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    events = starts + np.arange(len(seg))
+    nonempty = lengths > 0
+
+    columns, names = [lengths.astype(np.float64)], ["length"]
+    times = seqs.event_time[events]
+    span = np.zeros(n)
+    span[nonempty] = _segment_reduce(np.fmax, times, lengths) - _segment_reduce(np.fmin, times, lengths)
+    columns.append(span)
+    names.append("time_span")
+
+    for field, values in zip(seqs.schema.numeric, seqs.nums):
+        x = values[events].astype(np.float64) * field.scale + field.center
+        valid = np.isfinite(x)
+        count = np.bincount(seg, weights=valid, minlength=n)
+        total = np.bincount(seg, weights=np.where(valid, x, 0.0), minlength=n)
+        has = count > 0
+        mean = np.divide(total, count, out=np.zeros(n), where=has)
+        # Squared deviations from each sequence's own mean: no cancellation on large offsets.
+        dev = np.where(valid, x - mean[seg], 0.0)
+        std = np.sqrt(np.divide(np.bincount(seg, weights=dev * dev, minlength=n), count, out=np.zeros(n), where=has))
+        lo, hi = np.zeros(n), np.zeros(n)
+        lo[nonempty] = _segment_reduce(np.fmin, np.where(valid, x, np.inf), lengths)
+        hi[nonempty] = _segment_reduce(np.fmax, np.where(valid, x, -np.inf), lengths)
+        lo[~has], hi[~has] = 0.0, 0.0
+        columns += [mean, std, lo, hi, total]
+        names += [f"{field.name}_{stat}" for stat in NUMERIC_STATS]
+
+    for field, codes in zip(seqs.schema.categorical, seqs.cats):
+        k = field.num_codes
+        counts = np.bincount(seg * k + codes[events].astype(np.int64), minlength=n * k).reshape(n, k)
+        share = counts[:, UNSEEN_CODE:] / np.maximum(lengths, 1)[:, None]
+        columns += list(share.T)
+        names += [f"{field.name}=<unseen>"] + [f"{field.name}={v}" for v in field.vocabulary]
+    return np.column_stack(columns), names
+
+
+def _segment_reduce(ufunc, values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """ufunc over consecutive segments of the given (positive) lengths."""
+    lengths = lengths[lengths > 0]
+    return ufunc.reduceat(values, np.concatenate([[0], np.cumsum(lengths)[:-1]]))
+
+
+def score_features(features: np.ndarray, seqs: EventSequences, rows, kinds=("tree",), folds: int = 5,
+                   seed: int = 0, tree_iters: int = 300) -> dict:
+    """The probes of evaluate_checkpoint on any per-sequence feature matrix (rows = labelled ids)."""
+    result: dict = {}
+    primary = None
+    for kind in kinds:
+        scores = probe(features, seqs.targets[rows], seqs.split[rows], seqs.schema.task, kind=kind,
+                       folds=folds, seed=seed, tree_iters=tree_iters)
+        primary = primary or (scores["primary_metric"], scores["primary_mode"])  # the first kind leads
+        result.update(scores)
+    result["primary_metric"], result["primary_mode"] = primary
+    return result
