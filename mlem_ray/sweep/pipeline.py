@@ -321,11 +321,11 @@ def evaluator_name(out) -> str:
 
 
 def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = False) -> dict:
-    from .tuner import run_stage
-
-    settings = _resolve(settings, resume)
+    settings = _resolve(settings, resume)  # bad input fails here, before Ray and torch are imported
     space = load_space(settings.space)
     stages = _stages(space, settings)
+    from .tuner import run_stage
+
     session = _start(settings, address)
     out, settings = session.out, session.settings
     stages = _resolve_metrics(stages, settings.data)
