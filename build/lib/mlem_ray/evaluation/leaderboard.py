@@ -1,0 +1,114 @@
+"""The leaderboard file of a sweep: its name, its columns, reading it, appending a row atomically,
+and choosing the best row. The evaluation actor writes it; the pipeline, the report and the
+benchmarks read it through this module only. The sweep dir is a local path or an object-store
+URI: all I/O goes through mlem_ray/storage.py.
+
+One row per scored trial. Columns:
+
+  trial_id, stage, method   which trial (stage: teacher | mlem | compare_<method>)
+  checkpoint                the trial's kept checkpoint (chosen by the in-trial selection score)
+  params                    the swept values, JSON
+  seed, reseed_of           a re-seeded copy of a finished config names the trial it repeats
+  selection_metric          the in-trial score that ranked trials inside the sweep (probe_score,
+  selection_mode            rankme or val_loss), its direction, and its value at the kept
+  selection_value           checkpoint
+  val_loss                  the kept checkpoint's validation loss (reported, never compared
+                            across trials: its scale is a swept hyperparameter)
+  primary_metric            the downstream score (the tree probe's CV on the labelled training
+  primary_mode              pool), its direction and value; the test set is reported beside it
+  primary_value             and never used to choose
+  scored_at                 unix time
+  <metric>                  every downstream metric of the evaluation (tree_*, linear_*, ...)
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import pandas as pd
+
+from .. import storage
+
+FILE = "leaderboard.parquet"
+
+# Bookkeeping columns: every other numeric column is a downstream metric.
+BOOKKEEPING = ("trial_id", "stage", "method", "checkpoint", "params", "seed", "reseed_of", "selection_metric",
+               "selection_mode", "selection_value", "val_loss", "primary_metric", "primary_mode", "primary_value",
+               "scored_at")
+
+
+def path(sweep_dir) -> str:
+    """The leaderboard's location (a path or a URI, as the sweep dir is)."""
+    return storage.join(sweep_dir, FILE)
+
+
+def read(sweep_dir) -> pd.DataFrame:
+    """The leaderboard, or an empty frame when nothing has been scored yet."""
+    p = path(sweep_dir)
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(p))) if storage.exists(p) else pd.DataFrame()
+
+
+def append(sweep_dir, board: pd.DataFrame, row: dict) -> pd.DataFrame:
+    """`board` plus `row`, written whole (write_atomic), so a reader (or a crash) never sees half a
+    file. -> the new board."""
+    new = pd.concat([board, pd.DataFrame([row])], ignore_index=True) if len(board) else pd.DataFrame([row])
+    write_atomic(new, path(sweep_dir))
+    return new
+
+
+def write_atomic(df: pd.DataFrame, target) -> None:
+    """Locally a temp file renamed into place; on object storage a new object (one PUT)."""
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    storage.write_bytes(target, buf.getvalue())
+
+
+def downstream_metric(task: str) -> tuple[str, str]:
+    """The metric that ranks scored checkpoints downstream: the tree probe's cross-validated score
+    on the labelled training ids. The test set is reported, never used to choose (that would leak it)."""
+    if task == "regression":
+        return "tree_cv_mse_mean", "min"
+    if task == "binary":
+        return "tree_cv_roc_auc_mean", "max"
+    return "tree_cv_accuracy_mean", "max"
+
+
+def _records(rows) -> list[dict]:
+    if isinstance(rows, pd.DataFrame):
+        return rows.to_dict("records")
+    return list(rows)
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def best(rows, by: str = "primary") -> dict | None:
+    """The best row by `by` ("primary": the downstream score; "selection": the in-trial score),
+    in that column's own direction; rows without a finite value are skipped; ties go to the first
+    row. None when no row has a finite value."""
+    value, mode = f"{by}_value", f"{by}_mode"
+    scored = [r for r in _records(rows) if _finite(r.get(value))]
+    if not scored:
+        return None
+    sign = -1.0 if scored[0].get(mode) == "max" else 1.0
+    return min(scored, key=lambda r: sign * float(r[value]))
+
+
+def ranked(rows, by: str = "selection") -> list[dict]:
+    """Rows with a finite `by` value, best first (stable for ties)."""
+    value, mode = f"{by}_value", f"{by}_mode"
+    scored = [r for r in _records(rows) if _finite(r.get(value))]
+    if not scored:
+        return []
+    sign = -1.0 if scored[0].get(mode) == "max" else 1.0
+    return sorted(scored, key=lambda r: sign * float(r[value]))
+
+
+def pick_teacher(rows, finalists: int) -> dict | None:
+    """The MLEM teacher: among the `finalists` trials ranked best by the in-trial selection score,
+    the one with the best downstream score. None when no trial was scored."""
+    return best(ranked(rows, "selection")[:finalists], "primary")

@@ -1,0 +1,1 @@
+"""Sweeps: search spaces, Ray Tune stages, the two-stage MLEM pipeline, reports."""

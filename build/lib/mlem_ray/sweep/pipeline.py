@@ -1,0 +1,397 @@
+"""The main job: the two-stage MLEM sweep (or a one-stage sweep), end to end.
+
+Every stage ranks its trials by the in-trial selection score (evaluation/selection.py: a linear
+probe on a fixed subset of the labelled training pool, or RankMe without labels). Stage 1 sweeps
+CoLES teachers; the evaluation actor scores every finished trial downstream; among the stage's
+finalists (best in-trial score) the best downstream score becomes the teacher. Stage 2 sweeps
+MLEM against it. Comparison stages (generative, hybrid, ...) are swept at the same budget.
+
+Sweep directory layout (`--out`, a path or an object-store URI such as s3://bucket/sweep; every
+file goes through mlem_ray/storage.py, so a cloud cluster needs no shared disk):
+  sweep.json              the sweep's settings (so `--resume` needs only `--out`)
+  space.yaml              the search space used
+  data/                   the generated Pendulum set when no --data was given
+  <stage>/<trial_id>/     Tune trials: TensorBoard curves, HParams, checkpoints
+  leaderboard.parquet     one row per scored trial (the evaluation actor's)
+  tensorboard_leaderboard/
+  teacher.json            the chosen teacher (two-stage sweeps)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .. import storage
+from ..data.schema import DataError
+from ..evaluation import leaderboard
+from .space import SearchSpace, StageSpace, load_space, space_text
+
+# Each epoch checkpoints, so Tune's snapshot-frequency warning would fire on every small trial
+# (set before ray.tune is imported).
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+DEFAULT_SPACE = "quick"
+DEMO_SEQUENCES = 2000
+
+
+class SweepError(ValueError):
+    """Bad sweep input (paths, resources, resume state): one line, exit code 2."""
+
+
+def location(text: str) -> str:
+    """A sweep or data location as stored in sweep.json: a URI as given, a path made absolute."""
+    return text if storage.is_uri(text) else str(Path(text).resolve())
+
+
+@dataclass
+class SweepJob:
+    """One sweep's settings as given on the command line, saved as sweep.json (so --resume needs
+    only --out)."""
+
+    out: str
+    data: str = ""
+    space: str = ""
+    trials: int = 0  # 0: each stage's own
+    methods: list = field(default_factory=list)
+    gpus_per_worker: float = 0.0
+    workers_per_trial: int = 1
+    cpus_per_trial: float = 1.0
+    folds: int = 5
+    sequences: int = DEMO_SEQUENCES
+
+
+def check_locations(out: str, data: str) -> None:
+    """The driver's own start-of-sweep check, before anything is written: --out (a URI) takes a
+    probe object and gives it back byte-exact, and --data is a prepared data set it can read.
+    Fails in seconds with one line: wrong bucket, no credentials, unreachable endpoint."""
+    if storage.is_uri(out):
+        try:
+            storage.check_access(out)
+        except storage.StorageError as e:
+            raise SweepError(f"--out {e}") from None
+    if data:
+        try:
+            found = storage.exists(storage.join(data, "schema.json"))
+        except (OSError, storage.StorageError) as e:
+            raise DataError(f"--data {data}: cannot read it ({storage.explain(e)})") from None
+        if not found:
+            raise DataError(f"--data {data} is not a prepared data set (no schema.json); create it with `mlem-ray data ...`")
+
+
+def _resolve(settings: SweepJob, resume: bool) -> SweepJob:
+    out = location(settings.out)
+    state = storage.join(out, "sweep.json")
+    if storage.is_uri(out):
+        check_locations(out, "")  # a bad bucket or endpoint is named as such, not as "no sweep there"
+    if resume:
+        if not storage.exists(state):
+            raise SweepError(f"--resume: {out} holds no sweep (no sweep.json); start one with mlem-ray sweep --out {out}")
+        saved = SweepJob(**json.loads(storage.read_text(state)))
+        # The space as copied at the start: the original path may be gone (a job's working dir).
+        return replace(saved, out=out, space=storage.join(out, "space.yaml"))
+    if storage.exists(state):
+        raise SweepError(f"--out {out} already holds a sweep; pass --resume to continue it or choose another --out")
+    space = settings.space or DEFAULT_SPACE
+    load_space(space)  # refuse a bad file or an unknown name before anything is written
+    if not storage.is_uri(space) and Path(space).is_file():
+        space = str(Path(space).resolve())
+    data = location(settings.data) if settings.data else ""
+    check_locations("", data)
+    return replace(settings, out=out, space=space, data=data)
+
+
+def _prepare_out(settings: SweepJob) -> str:
+    out = settings.out
+    if not storage.is_uri(out):
+        Path(out).mkdir(parents=True, exist_ok=True)
+    if not storage.exists(storage.join(out, "space.yaml")):
+        storage.write_text(storage.join(out, "space.yaml"), space_text(settings.space))
+    if not settings.data:
+        data = storage.join(out, "data")
+        if not storage.exists(storage.join(data, "schema.json")):
+            print(f"generating Pendulum ({settings.sequences} sequences) in {data}", flush=True)
+            if storage.is_uri(data):
+                with tempfile.TemporaryDirectory(prefix="mlem_ray_data_") as local:
+                    _generate_pendulum(Path(local) / "data", settings.sequences)
+                    storage.upload(Path(local) / "data", data)
+            else:
+                _generate_pendulum(Path(data), settings.sequences)
+        settings = replace(settings, data=data)
+    storage.write_text(storage.join(out, "sweep.json"), json.dumps(asdict(settings), indent=1))
+    return out
+
+
+def _generate_pendulum(path: Path, sequences: int) -> None:
+    from ..data import pendulum, prepare, write_prepared
+    from ..data.ingest import IngestSpec
+
+    events, targets = pendulum.generate(sequences, seed=0)
+    spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", task="regression",
+                      source=f"pendulum(sequences={sequences}, seed=0)")
+    write_prepared(path, *prepare(events, spec, targets), overwrite=True)
+
+
+def _stages(space: SearchSpace, settings: SweepJob) -> dict[str, StageSpace]:
+    """The stages to run, in order: the file's, plus a comparison stage per --methods entry
+    (that method's own space file, at the MLEM stage's budget and shared constants)."""
+    stages = dict(space.stages)
+    if settings.methods:
+        budget_from = stages.get("mlem") or next(iter(stages.values()))
+        for method in settings.methods:
+            key = f"compare_{method}"
+            if key in stages or method in stages:
+                continue
+            from .space import shipped
+
+            if method not in shipped():
+                raise SweepError(f"--methods {method}: no shipped search space {method}.yaml "
+                                 f"(shipped: {', '.join(shipped())})")
+            own = next(iter(load_space(method).stages.values()))
+            shared = {k: v for k, v in budget_from.constants.items() if k not in own.params and not k.startswith("objective.")}
+            stages[key] = replace(own, sweep=replace(own.sweep, trials=budget_from.sweep.trials,
+                                                     epochs=budget_from.sweep.epochs,
+                                                     grace_period=min(own.sweep.grace_period, budget_from.sweep.epochs)),
+                                  constants={**own.constants, **shared})
+    return stages
+
+
+def _resolve_metrics(stages: dict[str, StageSpace], data: str) -> dict[str, StageSpace]:
+    """Each stage with its selection metric chosen for this data set: the file's, else probe when
+    the data has labelled training sequences, else rankme."""
+    from ..data.prepared import EventSequences
+    from ..evaluation.selection import MIN_LABELLED, default_metric
+
+    seqs = EventSequences.open(data)
+    default = default_metric(seqs)
+    for name, stage in stages.items():
+        if stage.sweep.metric == "probe" and default != "probe":
+            raise SweepError(f"stage {name}: sweep.metric probe needs >= {MIN_LABELLED} labelled training sequences; "
+                             f"{data} has {len(seqs.labelled('train', 'val'))}: use metric rankme")
+    return {name: stage.resolved(default) for name, stage in stages.items()}
+
+
+def _init_ray(address: str | None):
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Workers on other nodes reach the same object store as the driver (endpoint, region,
+    # checksum settings; never secrets: each node has its own credential chain).
+    env = _worker_env()
+    ray.init(address=address or None, namespace="mlem_ray", log_to_driver=True,
+             **({"runtime_env": {"env_vars": env}} if env else {}),
+             **({} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
+
+
+def _worker_env() -> dict:
+    """storage.worker_env(), less what a `ray job submit` runtime env already sets: Ray refuses
+    to merge a job's runtime env with a ray.init one that names the same variable."""
+    env = storage.worker_env()
+    injected = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if injected:
+        from ray.job_config import JobConfig
+
+        taken = (JobConfig.from_json(json.loads(injected)).runtime_env or {}).get("env_vars") or {}
+        env = {k: v for k, v in env.items() if k not in taken}
+    return env
+
+
+@dataclass
+class _Session:
+    """What the stages of one sweep share once Ray is up."""
+
+    out: str  # a path or a URI
+    settings: SweepJob
+    actor: object
+    actor_name: str
+    cpus: float
+    actor_cpus: float
+
+    def fixed(self, name: str, two_stage: bool) -> dict:
+        fixed = {"data.path": self.settings.data, "train.threads": max(1, int(self.settings.cpus_per_trial))}
+        if self.settings.gpus_per_worker:
+            fixed["train.device"] = "cuda"
+        if name == "mlem" and two_stage:
+            fixed["objective.teacher"] = json.loads(storage.read_text(storage.join(self.out, "teacher.json")))["checkpoint"]
+        return fixed
+
+    def max_concurrent(self, stage: StageSpace) -> int:
+        per_trial = self.settings.cpus_per_trial
+        if self.settings.workers_per_trial > 1 or self.settings.gpus_per_worker:
+            per_trial = 0.5 + 0.5 * self.settings.workers_per_trial  # trial driver + workers (tuner.py)
+        return stage.sweep.max_concurrent or max(1, int((self.cpus - self.actor_cpus) // per_trial))
+
+    def stage_kwargs(self) -> dict:
+        return {"workers": self.settings.workers_per_trial, "gpus_per_worker": self.settings.gpus_per_worker}
+
+
+def check_storage_reachable(out: str, nodes: list[dict], data: str = "", timeout_s: float = 60.0) -> None:
+    """Every alive node must see the sweep directory and the data set: trials write checkpoints
+    there and the evaluation actor reads them. A node that cannot (no shared storage, no
+    credentials for the bucket, no route to the endpoint) is refused up front with one line
+    instead of trials failing or hanging later. nodes: ray.nodes() entries of the alive nodes."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    token = f"{os.getpid()}-{os.urandom(4).hex()}"
+    probe = storage.join(out, f".storage_probe-{token}")
+    storage.write_text(probe, token)
+
+    @ray.remote(num_cpus=0)
+    def problem(out: str, probe: str, token: str, data: str) -> str:
+        """'' when this node sees the driver's probe, can write under out and read data."""
+        from mlem_ray import storage as st
+
+        try:
+            if not st.exists(probe) or st.read_text(probe) != token:
+                return "blind"
+            if st.is_uri(out):
+                st.check_access(out, token=token)
+            if data and not st.exists(st.join(data, "schema.json")):
+                return f"cannot read --data {data}"
+        except st.StorageError as e:
+            return str(e)
+        except Exception as e:  # noqa: BLE001 (the SDK's errors arrive as OSError and others)
+            return f"{out}: {st.explain(e)}"
+        return ""
+
+    refs = {n["NodeID"]: problem.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(out, probe, token, data) for n in nodes}
+    try:
+        answers = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s)))
+    except ray.exceptions.GetTimeoutError:
+        raise SweepError(f"could not check within {timeout_s:.0f} s that every Ray node sees --out {out}") from None
+    except ray.exceptions.RayError as e:  # a node died, or its runtime env failed to set up
+        raise SweepError(f"could not check that every Ray node sees --out {out}: {type(e).__name__}") from None
+    finally:
+        storage.delete(probe)
+    blind = [n[:8] for n, why in answers.items() if why == "blind"]
+    if blind:
+        raise SweepError(f"--out {out} is not visible from Ray node(s) {', '.join(blind)}: on a multi-node cluster "
+                         "--out must be shared storage (an object-store URI such as s3://bucket/sweep, or an NFS "
+                         "mount at the same path on every node)")
+    other = [(n[:8], why) for n, why in answers.items() if why]
+    if other:
+        raise SweepError(f"Ray node {other[0][0]}: {other[0][1]}")
+
+
+def _start(settings: SweepJob, address: str | None) -> _Session:
+    import ray
+
+    from ..evaluation.actor import get_or_create_actor
+
+    from ..training.resources import check_gpus
+
+    _init_ray(address)
+    resources = ray.cluster_resources()
+    check_gpus(settings.gpus_per_worker, settings.workers_per_trial, resources)
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) > 1:
+        out = settings.out
+        created = not storage.is_uri(out) and not Path(out).exists()
+        if not storage.is_uri(out):
+            Path(out).mkdir(parents=True, exist_ok=True)
+        try:
+            check_storage_reachable(out, alive, data=settings.data)
+        except SweepError:
+            if created:
+                shutil.rmtree(out, ignore_errors=True)  # leave nothing behind a refused start
+            raise
+    out = _prepare_out(settings)
+    settings = SweepJob(**json.loads(storage.read_text(storage.join(out, "sweep.json"))))
+    cpus = resources.get("CPU", 1.0)
+    # The actor scores while trials train; on a small machine it takes no CPU reservation so that
+    # it never blocks trial scheduling (it runs between trial completions, single-threaded).
+    actor_cpus = 1.0 if cpus >= 4 else 0.0
+    actor_name = evaluator_name(out)
+    actor = get_or_create_actor(out, settings.data, actor_name, cpus=actor_cpus, folds=settings.folds)
+    return _Session(out, settings, actor, actor_name, cpus, actor_cpus)
+
+
+def evaluator_name(out) -> str:
+    """The evaluation actor's name for the sweep in `out`: one actor per sweep dir, found again by
+    a resumed driver."""
+    return "evaluator-" + hashlib.sha1(location(str(out)).encode()).hexdigest()[:10]
+
+
+def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = False) -> dict:
+    settings = _resolve(settings, resume)  # bad input fails here, before Ray and torch are imported
+    space = load_space(settings.space)
+    stages = _stages(space, settings)
+    from .tuner import run_stage
+
+    session = _start(settings, address)
+    out, settings = session.out, session.settings
+    stages = _resolve_metrics(stages, settings.data)
+    summary: dict = {"out": str(out), "stages": {}}
+    for name, stage in stages.items():
+        stage_fixed = session.fixed(name, space.is_two_stage)
+        max_concurrent = session.max_concurrent(stage)
+        print(f"\n== stage {name}: {stage.method}, {settings.trials or stage.sweep.trials} trials, "
+              f"{max_concurrent} at a time, ranked by {stage.sweep.reported_metric} ({stage.sweep.mode}) ==",
+              flush=True)
+        rows = run_stage(name, stage, out, stage_fixed, session.actor, session.actor_name, settings.cpus_per_trial,
+                         max_concurrent, resume=resume, trials=settings.trials or None, **session.stage_kwargs())
+        best = leaderboard.best(rows)
+        summary["stages"][name] = {"method": stage.method, "scored": len(rows), "best": best}
+        if name == "teacher" and space.is_two_stage:
+            teacher = leaderboard.pick_teacher(rows, stage.sweep.finalists)
+            if teacher is None:
+                raise SweepError("stage 1 produced no scored CoLES checkpoint; see the trial errors above")
+            storage.write_text(storage.join(out, "teacher.json"), json.dumps(teacher, indent=1, default=str))
+            print(f"teacher: trial {teacher['trial_id']} ({teacher['primary_metric']} {teacher['primary_value']:.4g}; "
+                  f"among the {stage.sweep.finalists} best by {teacher['selection_metric']})", flush=True)
+    _print_summary(out, summary)
+    return summary
+
+
+def reseed_best(out, seeds=(1, 2), address: str | None = None) -> list[dict]:
+    """Re-run each stage's best config (by the downstream selection metric) with other seeds, so the
+    report can give mean +- std over seeds. Re-runs already on the leaderboard are kept."""
+    from ray import tune
+
+    from .tuner import run_stage
+
+    settings = _resolve(SweepJob(out=str(out)), resume=True)
+    space = load_space(settings.space)
+    stages = _resolve_metrics(_stages(space, settings), settings.data)
+    board = leaderboard.read(out)
+    if board.empty:
+        raise SweepError(f"{out} has no scored trial yet; run or resume the sweep first")
+    session = _start(settings, address)
+    rows = []
+    for name, stage in stages.items():
+        originals = board[(board["stage"] == name) & (board["reseed_of"].fillna("") == "")].to_dict("records")
+        best = leaderboard.best(originals)
+        if best is None:
+            continue
+        params = json.loads(best["params"])
+        print(f"\n== re-seeding {name} trial {best['trial_id']} with seeds {list(seeds)} ==", flush=True)
+        rows += run_stage(f"{name}_reseed_{best['trial_id']}", stage, session.out, session.fixed(name, space.is_two_stage),
+                          session.actor, session.actor_name, settings.cpus_per_trial, session.max_concurrent(stage),
+                          resume=True, param_space={**params, "train.seed": tune.grid_search(list(seeds))},
+                          reseed_of=best["trial_id"], row_stage=name, **session.stage_kwargs())
+    return rows
+
+
+def _print_summary(out: str, summary: dict) -> None:
+    print("\nsweep finished")
+    for name, s in summary["stages"].items():
+        b = s["best"]
+        if b:
+            test = {k: v for k, v in b.items() if k.startswith("tree_test_")}
+            test_text = ", ".join(f"{k} {v:.4g}" for k, v in test.items())
+            print(f"  {name:<20} {s['method']:<10} {s['scored']} scored; best {b['trial_id']}: "
+                  f"{b['primary_metric']} {b['primary_value']:.4g}; {test_text}")
+    main = summary["stages"].get("mlem") or next(iter(summary["stages"].values()), None)
+    print(f"TensorBoard:  tensorboard --logdir {out}")
+    print(f"leaderboard:  {leaderboard.path(out)}  (mlem-ray report {out})")
+    if main and main["best"]:
+        print(f"best checkpoint: {main['best']['checkpoint']}")
+    sys.stdout.flush()

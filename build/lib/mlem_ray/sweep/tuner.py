@@ -1,0 +1,234 @@
+"""One sweep stage on Ray Tune: OptunaSearch (TPE) + ASHA over the one training loop.
+
+A trial runs the training loop inline (one CPU worker: no Ray Train start-up cost) and reports
+through `ray.tune.report`. Each finished trial's best checkpoint is pushed to the evaluation actor
+from `Callback.on_trial_complete` (it fires for early-stopped trials too).
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from .. import storage
+from ..training.loop import Runtime, resolve_device, train
+from .space import StageSpace
+
+# Tune and TensorBoard want flat scalar metrics.
+_REPORTED_KINDS = (int, float)
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a stage shares (passed with tune.with_parameters)."""
+
+    stage: StageSpace  # with its selection metric resolved
+    fixed: dict  # data path, teacher, threads: set by the pipeline, not swept
+    cpus_per_trial: float = 1.0
+    workers: int = 1  # > 1 (or GPUs): the trial drives a TorchTrainer of that many DDP workers
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 0.5
+    train_storage: str = ""  # where those Train runs keep their checkpoints (a path or a URI)
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers > 1 or self.gpus_per_worker > 0
+
+
+class TuneReporter:
+    """Reporter for the training loop inside a Tune trial. Adds the Ray node the trial ran on.
+    Non-finite values are left out, except the stage's metric: Tune needs it in every result, and
+    a NaN there ranks the trial last rather than failing it."""
+
+    def __init__(self, metric: str):
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.metric = metric
+
+    def report(self, metrics: dict, checkpoint: Path | None) -> None:
+        flat = {k: (float(v) if not isinstance(v, bool) else int(v)) for k, v in metrics.items()
+                if isinstance(v, _REPORTED_KINDS) and (not isinstance(v, float) or math.isfinite(v) or k == self.metric)}
+        flat["node_id"] = self.node_id
+        if checkpoint is not None:
+            tune.report(flat, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
+        else:
+            tune.report(flat)
+
+
+def run_trial(sampled: dict, settings: TrialSettings) -> None:
+    """The Tune function trainable."""
+    cfg = settings.stage.config(sampled, settings.fixed)
+    if settings.distributed:
+        # Train V2 inside a Tune trial: the workers' reports reach Tune through
+        # TuneReportCallback (rank 0's metrics plus a checkpoint_path metric).
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from ..training.ray_train import run_distributed
+
+        run_distributed(cfg, settings.workers, settings.gpus_per_worker, settings.train_storage,
+                        name=tune.get_context().get_trial_id(), cpus_per_worker=settings.cpus_per_worker,
+                        callbacks=[TuneReportCallback()])
+        return
+    resume = None
+    checkpoint = tune.get_checkpoint()  # set when Tune restores an interrupted trial
+    if checkpoint is not None:
+        resume = checkpoint.to_directory()
+    train(cfg, TuneReporter(settings.stage.sweep.reported_metric), Runtime(device=resolve_device(cfg.train.device)),
+          resume=resume)
+    if resume:
+        shutil.rmtree(resume, ignore_errors=True)
+
+
+class ScoreOnComplete(tune.Callback):
+    """Hands each completed trial's kept checkpoint to the evaluation actor, without waiting.
+    The actor is looked up by name, so a callback restored with the experiment still finds it."""
+
+    def __init__(self, actor_name: str, stage: str, method: str, swept: list[str], metric: str, mode: str,
+                 reseed_of: str = "", out: str = ""):
+        self.actor_name, self.stage, self.method, self.swept, self.reseed_of = actor_name, stage, method, swept, reseed_of
+        self.metric, self.mode, self.out = metric, mode, out
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        found = kept_checkpoint(trial.run_metadata.checkpoint_manager.best_checkpoint_result)
+        if found is None and trial.local_path:  # a multi-worker trial: checkpoints live in its Train run
+            found = best_reported(_read_results(Path(trial.local_path) / "result.json"), self.metric, self.mode,
+                                  self.out)
+        if found is not None:
+            actor = ray.get_actor(self.actor_name, namespace="mlem_ray")
+            # the storage dir (local_path is a staging copy), as a location the actor can open
+            submit(actor, trial.trial_id, trial.config, found, self.stage, self.method, self.swept, self.metric,
+                   self.mode, self.reseed_of, in_store(self.out, trial.path) if trial.path else "")
+
+
+def in_store(out: str, path: str) -> str:
+    """A path as Tune reports it (inside the sweep's storage file system: `bucket/...` on object
+    storage) -> a location any process can open (`s3://bucket/...`)."""
+    if not storage.is_uri(out):
+        return path
+    return storage.uri_of(storage.resolve(out)[0], path)
+
+
+def kept_checkpoint(result):
+    """(location, metrics) of the checkpoint Tune kept for a trial (the best by the stage's metric), or None."""
+    if result is None or result.checkpoint is None:
+        return None
+    return storage.uri_of(result.checkpoint.filesystem, result.checkpoint.path), dict(result.metrics)
+
+
+def _score_key(metric: str, mode: str):
+    """Sort key: best first, NaN and missing last."""
+    def key(metrics: dict) -> float:
+        try:
+            value = float(metrics.get(metric))
+        except (TypeError, ValueError):
+            return math.inf
+        if not math.isfinite(value):
+            return math.inf
+        return -value if mode == "max" else value
+
+    return key
+
+
+def best_reported(rows, metric: str, mode: str, out: str = "") -> tuple[str, dict] | None:
+    """(checkpoint location, metrics) of the best reported epoch, by the stage's metric, that carried
+    a checkpoint (a multi-worker trial reports its checkpoints as a checkpoint_path metric)."""
+    with_ckpt = [r for r in rows if isinstance(r.get("checkpoint_path"), str)]
+    if not with_ckpt:
+        return None
+    best = min(with_ckpt, key=_score_key(metric, mode))
+    return in_store(out, best["checkpoint_path"]), best
+
+
+def _read_results(path: Path) -> list[dict]:
+    import json
+
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def submit(actor, trial_id, config, found, stage, method, swept, metric, mode, reseed_of="", trial_dir=""):
+    path, metrics = found
+    params = {k: config[k] for k in swept if k in config}
+
+    def number(key):
+        try:
+            return float(metrics.get(key))
+        except (TypeError, ValueError):
+            return math.nan
+
+    selection = {"selection_metric": metric, "selection_mode": mode, "selection_value": number(metric),
+                 "val_loss": number("val_loss")}
+    return actor.score.remote(trial_id, stage, method, path, selection, params, int(config.get("train.seed", 0)),
+                              reseed_of, trial_dir)
+
+
+def run_stage(name: str, stage: StageSpace, out: str, fixed: dict, actor, actor_name: str, cpus_per_trial: float,
+              max_concurrent: int, resume: bool, trials: int | None = None, param_space: dict | None = None,
+              reseed_of: str = "", row_stage: str = "", workers: int = 1, gpus_per_worker: float = 0.0) -> list[dict]:
+    """Run (or resume) one stage's Tune experiment in `out/name` (`out`: a path or an object-store
+    URI, through storage.ray_storage) and wait until every completed
+    trial is on the leaderboard. -> the stage's leaderboard rows. `param_space` replaces the search
+    (used to re-run one config with other seeds; its rows are labelled `row_stage`)."""
+    row_stage = row_stage or name
+    settings = TrialSettings(stage, dict(fixed), cpus_per_trial, workers, gpus_per_worker,
+                             train_storage=storage.join(out, f"{name}_train"))
+    metric, mode = stage.sweep.reported_metric, stage.sweep.mode
+    # A distributed trial's own process only drives the TorchTrainer; its workers hold the resources.
+    driver_cpus = 0.5 if settings.distributed else cpus_per_trial
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"cpu": driver_cpus})
+    swept = list(stage.params) + (["train.seed"] if param_space else [])
+    callback = ScoreOnComplete(actor_name, row_stage, stage.method, swept, metric, mode, reseed_of, str(out))
+    where = storage.ray_storage(out)
+    experiment = storage.join(out, name)
+    fs = {"storage_filesystem": where["storage_filesystem"]} if "storage_filesystem" in where else {}
+    restore_at = storage.resolve(experiment)[1] if fs else experiment
+    if resume and tune.Tuner.can_restore(restore_at, **fs):
+        tuner = tune.Tuner.restore(restore_at, trainable=trainable, resume_unfinished=True, resume_errored=True, **fs)
+    else:
+        storage.delete(experiment)  # a stage interrupted before Tune saved any state
+        sweep = stage.sweep
+        # Inline trials all ask for the same resources, so one trial process can run the next trial:
+        # that saves a process start and the torch import per trial (seconds on a small machine).
+        common = dict(metric=metric, mode=mode, max_concurrent_trials=max_concurrent,
+                      trial_dirname_creator=_trial_dirname, reuse_actors=not settings.distributed)
+        if param_space is None:
+            scheduler = (tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=sweep.epochs,
+                                                       grace_period=sweep.grace_period,
+                                                       reduction_factor=sweep.reduction_factor)
+                         if sweep.scheduler == "asha" else None)
+            tune_config = tune.TuneConfig(search_alg=stage.searcher(), scheduler=scheduler,
+                                          num_samples=trials or sweep.trials, **common)
+        else:
+            tune_config = tune.TuneConfig(num_samples=1, **common)
+        run_config = tune.RunConfig(
+            name=name, **where, callbacks=[callback], verbose=1,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
+                                                    checkpoint_score_order=mode),
+            failure_config=tune.FailureConfig(max_failures=1),
+        )
+        tuner = tune.Tuner(trainable, param_space=param_space or {}, tune_config=tune_config, run_config=run_config)
+    grid = tuner.fit()
+    # Every completed trial is (re)submitted: the callback already did so while the driver ran,
+    # but a driver killed in between would have lost those calls. The actor skips scored trials,
+    # and it runs calls in order, so these refs resolve once everything before them is scored.
+    refs = []
+    for result in grid:
+        if result.error is not None:
+            continue
+        kept = sorted(result.best_checkpoints or [], key=lambda cm: _score_key(metric, mode)(cm[1]))
+        found = (storage.uri_of(kept[0][0].filesystem, kept[0][0].path), dict(kept[0][1])) if kept else None
+        if found is None and result.metrics_dataframe is not None:
+            found = best_reported(result.metrics_dataframe.to_dict("records"), metric, mode, str(out))
+        if found is not None:
+            refs.append(submit(actor, result.metrics.get("trial_id") or storage.name(result.path), result.config,
+                               found, row_stage, stage.method, swept, metric, mode, reseed_of,
+                               in_store(str(out), result.path)))
+    return ray.get(refs)
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
