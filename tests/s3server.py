@@ -52,7 +52,8 @@ class S3Server:
         config = self.root / "s3.json"
         config.write_text(json.dumps({"identities": [{"name": "test", "credentials": [
             {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}], "actions": ["Admin", "Read", "Write", "List"]}]}))
-        # grpc ports are the http port + 10000, so keep the http ports low enough.
+        # Every listener on a free port (grpc ports are the http port + 10000, so keep those low
+        # enough); the Iceberg and Lance endpoints, on fixed ports by default, are turned off.
         ports = []
         while len(ports) < 4:
             ports = [p for p in _free_ports(4) if p < 55000]
@@ -63,6 +64,7 @@ class S3Server:
             [binary, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", "-filer", "-s3",
              f"-s3.port={s3}", f"-s3.config={config}", "-s3.autoCreateBucket=false",
+             "-s3.port.iceberg=0", "-s3.port.lance=0", "-iam=false", "-webdav=false",
              "-master.volumeSizeLimitMB=64", "-volume.max=20"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready(60)

@@ -64,6 +64,18 @@ def s3(tmp_path_factory):
             os.environ.update(saved)
 
 
+@pytest.fixture(scope="module")
+def bucket_data(s3, tmp_path_factory) -> str:
+    """A small prepared Pendulum set in the bucket."""
+    from mlem_ray import storage
+
+    local = tmp_path_factory.mktemp("data") / "data"
+    made = cli("data", "pendulum", "--out", str(local), "--sequences", "200", timeout=120)
+    assert made.returncode == 0, made.stderr
+    storage.upload(local, f"s3://{BUCKET}/data")
+    return f"s3://{BUCKET}/data"
+
+
 def objects(s3, prefix: str) -> list[str]:
     import pyarrow.fs as pafs
 
@@ -134,27 +146,50 @@ def test_bad_storage_exits_2_with_one_line_in_seconds_writing_nothing(s3, tmp_pa
     assert not any(tmp_path.iterdir()), "a refused start wrote to the working dir"
 
 
-def test_two_stage_sweep_in_a_bucket_survives_a_killed_driver_and_reports(s3, tmp_path):
+def test_pretrain_evaluate_embed_with_uris(s3, bucket_data, tmp_path):
+    import pyarrow.parquet as pq
+
+    from mlem_ray import storage
+
+    run = f"s3://{BUCKET}/pretrain"
+    done = cli("pretrain", "--data", bucket_data, "--method", "coles", "--epochs", "1", "--out", run,
+               "--set", "model.hidden=16", "--set", "train.steps_per_epoch=2", "--set", "data.batch_size=16",
+               "--set", "data.slice_min=5", "--set", "data.slice_max=20", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert storage.exists(f"{run}/best/model.pt") and storage.exists(f"{run}/last/model.pt")
+    done = cli("evaluate", "--data", bucket_data, "--checkpoint", f"{run}/best", "--json", "--folds", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["checkpoint"] == f"{run}/best"
+    done = cli("embed", "--data", bucket_data, "--checkpoint", f"{run}/best", "--out", f"s3://{BUCKET}/e.parquet",
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import io
+
+    table = pq.read_table(io.BytesIO(storage.read_bytes(f"s3://{BUCKET}/e.parquet")))
+    assert table.num_rows == 200 and "e15" in table.column_names
+    assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_two_stage_sweep_in_a_bucket_survives_a_killed_driver_and_reports(s3, bucket_data, tmp_path):
     from mlem_ray import storage
     from mlem_ray.evaluation import leaderboard
 
     work = tmp_path / "work"  # the driver's cwd: nothing of the sweep may land here
     work.mkdir()
-    made = cli("data", "pendulum", "--out", str(tmp_path / "data"), "--sequences", "200", timeout=120)
-    assert made.returncode == 0, made.stderr
-    storage.upload(tmp_path / "data", f"s3://{BUCKET}/data")
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE))
-    out, data = f"s3://{BUCKET}/sweep", f"s3://{BUCKET}/data"
+    out, data = f"s3://{BUCKET}/sweep", bucket_data
     cmd = [sys.executable, "-m", "mlem_ray", "sweep", "--out", out, "--data", data, "--space", str(space)]
     env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env=env, cwd=work)
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=work)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and len(leaderboard.read(out)) < 1:
             if proc.poll() is not None:
-                pytest.fail(f"the sweep ended before it could be killed (exit {proc.returncode})")
+                pytest.fail(f"the sweep ended before it could be killed (exit {proc.returncode}):\n"
+                            + log.read_text(errors="replace")[-3000:])
             time.sleep(1)
         assert len(leaderboard.read(out)) >= 1, "no trial was scored within 300 s"
     finally:

@@ -67,7 +67,8 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="mlem_ray_report_") as local:
-            text = build_report(sweep_dir, Path(local))
+            text = build_report(sweep_dir, Path(local)).replace(local, target)  # plots named where they go
+            (Path(local) / "report.md").write_text(text, encoding="utf-8")
             storage.upload(local, target)
         return text
     sweep_dir = sweep_dir if storage.is_uri(sweep_dir) else Path(sweep_dir)
