@@ -23,7 +23,7 @@ import yaml
 
 from mlem_ray.data import pendulum, prepare, write_prepared
 from mlem_ray.data.ingest import IngestSpec
-from mlem_ray.evaluation.leaderboard import read as read_leaderboard
+from mlem_ray.evaluation import leaderboard
 from mlem_ray.sweep.pipeline import SweepJob, run_sweep
 
 PARAMS = {
@@ -56,8 +56,8 @@ def sweep(data: Path, work: Path, name: str, sweep_settings: dict, params: dict)
     t = time.perf_counter()
     run_sweep(SweepJob(out=str(out), data=str(data), space=str(space), folds=3))
     wall = time.perf_counter() - t
-    board = read_leaderboard(out)
-    best = board.loc[board["primary_value"].idxmin()]
+    board = leaderboard.read(out)
+    best = leaderboard.best(board)
     seconds, epochs, span = trial_seconds(out / "coles")
     return {"wall_s": wall, "trial_s": seconds, "epochs": epochs, "trials": len(board), "span_s": span,
             "best_cv_mse": float(best["primary_value"]), "best_test_mse": float(best["tree_test_mse"])}

@@ -14,6 +14,7 @@ ray = pytest.importorskip("ray")
 
 from mlem_ray.evaluation.actor import Evaluator
 from mlem_ray.evaluation.leaderboard import read as read_leaderboard  # noqa: E402
+from mlem_ray.evaluation import leaderboard  # noqa: E402
 from mlem_ray.evaluation.leaderboard import pick_teacher  # noqa: E402
 from mlem_ray.sweep.pipeline import SweepJob, evaluator_name, run_sweep  # noqa: E402
 
@@ -149,3 +150,26 @@ def test_gpus_that_do_not_exist_are_refused_fast(tmp_path, data):
                                 gpus_per_worker=1))
     assert time.time() - t0 < 30
     assert not (tmp_path / "s" / "sweep.json").exists()
+
+
+def test_in_trial_score_does_not_reward_the_smallest_margin(tmp_path, data):
+    """A stage that sweeps only the margin: val_loss falls with the margin (at 0 the loss is the
+    positives' distance alone, and the encoder collapses), so ranking by it would pick margin 0.
+    The in-trial probe ranks the collapsed encoder last."""
+    doc = {"method": "coles",
+           "sweep": {"trials": 3, "scheduler": "none", "epochs": 2, "finalists": 1, "seed": 1, "search": "random"},
+           "params": {"objective.margin": {"type": "categorical", "choices": [0.0, 0.8]}, "optim.lr": 1e-2,
+                      "model.hidden": 16, "data.batch_size": 16, "data.slice_min": 5, "data.slice_max": 20,
+                      "train.steps_per_epoch": 5}}
+    out = tmp_path / "sweep"
+    summary = run_sweep(SweepJob(out=str(out), data=str(data), space=str(space_file(tmp_path, doc)), folds=2))
+    rows = read_leaderboard(out).to_dict("records")
+    margins = {json.loads(r["params"])["objective.margin"] for r in rows}
+    assert margins == {0.0, 0.8}, "the sampler should have tried both margins"
+    assert {r["selection_metric"] for r in rows} == {"probe_score"}
+    by_val_loss = min(rows, key=lambda r: r["val_loss"])
+    by_probe = leaderboard.best(rows, "selection")
+    assert json.loads(by_val_loss["params"])["objective.margin"] == 0.0
+    assert json.loads(by_probe["params"])["objective.margin"] == 0.8
+    # the Tune side ranked by the same score: each trial's kept checkpoint carries its probe_score
+    assert summary["stages"]["coles"]["scored"] == 3

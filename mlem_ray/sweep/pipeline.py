@@ -324,11 +324,13 @@ def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = Fal
     settings = _resolve(settings, resume)  # bad input fails here, before Ray and torch are imported
     space = load_space(settings.space)
     stages = _stages(space, settings)
+    if settings.data:  # refuse a metric the data cannot give before anything is written
+        stages = _resolve_metrics(stages, settings.data)
     from .tuner import run_stage
 
     session = _start(settings, address)
     out, settings = session.out, session.settings
-    stages = _resolve_metrics(stages, settings.data)
+    stages = _resolve_metrics(stages, settings.data)  # the generated demo data, when no --data was given
     summary: dict = {"out": str(out), "stages": {}}
     for name, stage in stages.items():
         stage_fixed = session.fixed(name, space.is_two_stage)

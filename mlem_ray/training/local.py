@@ -23,7 +23,7 @@ class LocalReporter:
             f.write(json.dumps(metrics, sort_keys=True) + "\n")
         if self.stream is not None:
             parts = " ".join(f"{k[6:] if k.startswith('train_') else k}={metrics[k]:.4g}"
-                             for k in ("train_loss", "val_loss") if k in metrics)
+                             for k in ("train_loss", "val_loss", "probe_score", "rankme") if k in metrics)
             print(f"epoch {metrics['epoch']}: {parts} ({metrics['epoch_seconds']:.1f} s)"
                   + (" *best" if metrics.get("is_best") else ""), file=self.stream, flush=True)
 
