@@ -1,1 +1,0 @@
-"""Sweeps: search spaces, Ray Tune stages, the two-stage MLEM pipeline, reports."""
