@@ -118,8 +118,13 @@ def _prepare_out(settings: SweepJob) -> str:
             print(f"generating Pendulum ({settings.sequences} sequences) in {data}", flush=True)
             if storage.is_uri(data):
                 with tempfile.TemporaryDirectory(prefix="mlem_ray_data_") as local:
-                    _generate_pendulum(Path(local) / "data", settings.sequences)
-                    storage.upload(Path(local) / "data", data)
+                    made = Path(local) / "data"
+                    _generate_pendulum(made, settings.sequences)
+                    # schema.json last: it marks a complete data set (an interrupted upload is redone)
+                    schema = (made / "schema.json").read_bytes()
+                    (made / "schema.json").unlink()
+                    storage.upload(made, data)
+                    storage.write_bytes(storage.join(data, "schema.json"), schema)
             else:
                 _generate_pendulum(Path(data), settings.sequences)
         settings = replace(settings, data=data)
