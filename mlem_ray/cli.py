@@ -172,7 +172,8 @@ def _pretrain_distributed(args, cfg, out: str, resume) -> int:
 
     # The dashboard's state API lets Train clean up placement groups of stopped runs (DESIGN.md).
     ray.init(address=args.address or None, namespace="mlem_ray", ignore_reinit_error=True,
-             runtime_env={"env_vars": storage.worker_env()},
+             **({"runtime_env": {"env_vars": storage.worker_env()}}
+                if storage.is_uri(out) or storage.is_uri(args.data) else {}),
              **({} if args.address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
     check_gpus(args.gpus_per_worker, args.workers)
     global_batch = cfg.data.batch_size * args.workers

@@ -181,14 +181,14 @@ def _resolve_metrics(stages: dict[str, StageSpace], data: str) -> dict[str, Stag
     return {name: stage.resolved(default) for name, stage in stages.items()}
 
 
-def _init_ray(address: str | None):
+def _init_ray(address: str | None, object_storage: bool = False):
     import ray
 
     if ray.is_initialized():
         return
     # Workers on other nodes reach the same object store as the driver (endpoint, region,
     # checksum settings; never secrets: each node has its own credential chain).
-    env = _worker_env()
+    env = _worker_env() if object_storage else {}
     ray.init(address=address or None, namespace="mlem_ray", log_to_driver=True,
              **({"runtime_env": {"env_vars": env}} if env else {}),
              **({} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
@@ -293,7 +293,7 @@ def _start(settings: SweepJob, address: str | None) -> _Session:
 
     from ..training.resources import check_gpus
 
-    _init_ray(address)
+    _init_ray(address, object_storage=storage.is_uri(settings.out) or storage.is_uri(settings.data))
     resources = ray.cluster_resources()
     check_gpus(settings.gpus_per_worker, settings.workers_per_trial, resources)
     alive = [n for n in ray.nodes() if n.get("Alive")]
