@@ -203,8 +203,8 @@ def test_two_stage_sweep_in_a_bucket_survives_a_killed_driver_and_reports(s3, bu
     assert "sweep finished" in done.stdout
     board = leaderboard.read(out)
     assert board["trial_id"].is_unique
-    teacher = [t for t in storage.listdir(f"{out}/teacher") if not t.startswith(".") and "_" in t]
-    mlem = [t for t in storage.listdir(f"{out}/mlem") if not t.startswith(".") and "_" in t]
+    teacher = [t for t in storage.listdir(f"{out}/teacher") if storage.is_dir(f"{out}/teacher/{t}")]
+    mlem = [t for t in storage.listdir(f"{out}/mlem") if storage.is_dir(f"{out}/mlem/{t}")]
     assert len(teacher) == 3 and len(mlem) == 2, (teacher, mlem)  # no trial started twice under a new id
     assert set(board["trial_id"]) == set(teacher) | set(mlem)
     for trial, scored_at in scored_before.items():  # not re-scored
