@@ -10,11 +10,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .data.schema import DataError
-
-
-class UsageError(ValueError):
-    """Bad user input outside the data layer (config, checkpoints, cluster resources)."""
+from .errors import DataError, NonFiniteLossError, UsageError, UserError
 
 
 def _csv_list(text: str | None) -> tuple[str, ...]:
@@ -116,11 +112,16 @@ def _pretrain(args) -> int:
     import shutil
 
     from .training import LocalReporter, train
+    from .training.loop import preflight
 
     _check_data_dir(args.data)
     cfg = _run_config(args)
+    if args.workers < 1 or args.gpus_per_worker < 0:
+        raise UsageError("--workers must be >= 1 and --gpus-per-worker >= 0")
     if cfg.objective.method == "mlem" and not cfg.objective.teacher:
         raise UsageError("--method mlem needs --teacher CKPT: a CoLES checkpoint trained on the same data")
+    # Everything refusable is refused before --out is touched.
+    preflight(cfg, local_device=args.workers == 1 and not args.gpus_per_worker)
     from . import storage
 
     target = str(args.out or f"runs/pretrain-{cfg.objective.method}")
@@ -138,8 +139,6 @@ def _pretrain(args) -> int:
         if not args.overwrite:
             raise UsageError(f"--out {target} already holds a run; pass --resume to continue it or --overwrite to start over")
         storage.delete(target)
-    if args.workers < 1 or args.gpus_per_worker < 0:
-        raise UsageError("--workers must be >= 1 and --gpus-per-worker >= 0")
     if args.workers > 1 or args.gpus_per_worker > 0:
         return _pretrain_distributed(args, cfg, target, resume)
     out = _staging(target)
@@ -149,7 +148,10 @@ def _pretrain(args) -> int:
             storage.download(resume, out / "last")
             resume = out / "last"
     print(f"pretraining {cfg.objective.method} on {args.data} -> {target}", flush=True)
-    metrics = train(cfg, LocalReporter(out), resume=resume)
+    from .training.loop import Runtime, resolve_device
+
+    metrics = train(cfg, LocalReporter(out), Runtime(device=resolve_device(cfg.train.device), progress=True),
+                    resume=resume)
     if storage.is_uri(target):
         storage.upload(out, target)
         shutil.rmtree(out, ignore_errors=True)
@@ -168,20 +170,18 @@ def _pretrain_distributed(args, cfg, out: str, resume) -> int:
 
     from . import storage
     from .training.ray_train import run_distributed
-    from .training.resources import check_gpus
+    from .training.resources import check_gpus, connect
 
-    # The dashboard's state API lets Train clean up placement groups of stopped runs (DESIGN.md).
-    ray.init(address=args.address or None, namespace="mlem_ray", ignore_reinit_error=True,
-             **({"runtime_env": {"env_vars": storage.worker_env()}}
-                if storage.is_uri(out) or storage.is_uri(args.data) else {}),
-             **({} if args.address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
+    connect(args.address, env_vars=storage.worker_env() if storage.is_uri(out) or storage.is_uri(args.data) else None)
     check_gpus(args.gpus_per_worker, args.workers)
     global_batch = cfg.data.batch_size * args.workers
     print(f"pretraining {cfg.objective.method} on {args.data} with {args.workers} Ray Train workers "
           f"(global batch {global_batch} sequences) -> {out}", flush=True)
     result = run_distributed(cfg, args.workers, args.gpus_per_worker, storage.join(out, "ray_train"), name="run",
                              cpus_per_worker=max(0.5, (ray.cluster_resources().get("CPU", 1) / args.workers)
-                                                 if not args.gpus_per_worker else 1.0), resume=resume)
+                                                 if not args.gpus_per_worker else 1.0), resume=resume,
+                             # metrics.jsonl + scalars, as a local run (a URI --out: rank 0 has no local view of it)
+                             extra={} if storage.is_uri(out) else {"log_dir": str(Path(out).resolve())})
     best, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1].get("val_loss", float("inf")))
     for name, ckpt in (("best", best), ("last", result.checkpoint)):
         storage.copy_dir(storage.uri_of(ckpt.filesystem, ckpt.path), storage.join(out, name))
@@ -195,9 +195,11 @@ def _evaluate(args) -> int:
 
     from .evaluation.evaluate import evaluate_checkpoint
 
+    if args.folds < 2:
+        raise UsageError(f"--folds must be at least 2 (cross-validation), got {args.folds}")
     _check_data_dir(args.data)
     result = evaluate_checkpoint(args.checkpoint, args.data, folds=args.folds, seed=args.seed,
-                                 robustness=args.robustness)
+                                 robustness=args.robustness, progress=True)
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True))
     else:
@@ -211,12 +213,11 @@ def _embed(args) -> int:
     import io
 
     import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from . import storage
     from .data.prepared import EventSequences
-    from .evaluation.embed import embed_rows
+    from .evaluation.embed import embed_rows, embedding_table
     from .training.checkpoint import load_encoder
 
     _check_data_dir(args.data)
@@ -225,9 +226,8 @@ def _embed(args) -> int:
     seqs = EventSequences.open(args.data)
     encoder, ckpt = load_encoder(args.checkpoint, seqs.schema)
     rows = seqs.indices(*args.split) if args.split else seqs.indices()
-    emb = embed_rows(encoder, seqs, rows, ckpt.state["trainer"].get("max_len", seqs.schema.max_len))
-    table = pa.table({"id": seqs.ids.take(pa.array(rows)), "split": pa.array(seqs.split[rows].astype(str)),
-                      **{f"e{j}": emb[:, j] for j in range(emb.shape[1])}})
+    emb = embed_rows(encoder, seqs, rows, ckpt.state["trainer"].get("max_len", seqs.schema.max_len), progress=True)
+    table = embedding_table(seqs, rows, emb, wide=args.wide)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     storage.write_bytes(args.out, buf.getvalue())  # whole or not at all, locally and in a bucket
@@ -240,12 +240,17 @@ def _sweep(args) -> int:
 
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
-    if args.workers_per_trial < 1 or args.gpus_per_worker < 0:
-        raise UsageError("--workers-per-trial must be >= 1 and --gpus-per-worker >= 0")
+    if args.workers_per_trial < 1 or args.gpus_per_worker < 0 or args.eval_gpus < 0:
+        raise UsageError("--workers-per-trial must be >= 1, --gpus-per-worker and --eval-gpus >= 0")
+    from .sweep.trackers import missing
+
+    if missing(args.tracker or []):
+        raise UsageError(missing(args.tracker or []))
     settings = SweepJob(out=str(args.out), data=str(args.data or ""), space=str(args.space or ""),
-                             trials=args.trials or 0, methods=list(_csv_list(args.methods)),
-                             gpus_per_worker=args.gpus_per_worker, workers_per_trial=args.workers_per_trial,
-                             sequences=args.sequences)
+                        trials=args.trials or 0, methods=list(_csv_list(args.methods)),
+                        gpus_per_worker=args.gpus_per_worker, workers_per_trial=args.workers_per_trial,
+                        sequences=args.sequences, eval_gpus=args.eval_gpus,
+                        trackers=list(dict.fromkeys(args.tracker or [])))
     run_sweep(settings, address=args.address, resume=args.resume)
     return 0
 
@@ -336,7 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("embed", help="write one embedding row per sequence id to Parquet")
     q.add_argument("--data", required=True, help="prepared data set directory or URI")
     q.add_argument("--checkpoint", required=True, help="checkpoint directory or URI")
-    q.add_argument("--out", required=True, help="output .parquet, a path or URI (columns id, split, e0..eH-1)")
+    q.add_argument("--out", required=True, help="output .parquet, a path or URI: id, split, target (if any), "
+                                                "embedding (fixed_size_list<float32>[H])")
+    q.add_argument("--wide", action="store_true", help="one float32 column per dimension (e0..eH-1) instead of the "
+                                                       "embedding list column")
     q.add_argument("--split", action="append", choices=["train", "val", "test"], help="only these splits (repeatable)")
     q.set_defaults(func=_embed)
 
@@ -356,7 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers-per-trial", type=int, default=1,
                    help="DDP workers per trial; > 1 runs each trial as a Ray Train TorchTrainer (default %(default)s: inline)")
     q.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per trial worker (default %(default)s: CPU)")
+    q.add_argument("--eval-gpus", type=float, default=0.0,
+                   help="GPU share the evaluation actor holds to embed checkpoints (default %(default)s: CPU)")
     q.add_argument("--sequences", type=int, default=2000, help="Pendulum size when no --data is given (default %(default)s)")
+    q.add_argument("--tracker", action="append", choices=["mlflow", "wandb"],
+                   help="also log every trial, with its downstream scores, to MLflow (a SQLite store OUT/mlflow.db "
+                        "unless MLFLOW_TRACKING_URI is set) or W&B (offline in OUT/wandb unless WANDB_MODE is set); "
+                        "repeatable; optional extras: pip install 'mlem_ray[mlflow]'")
     q.set_defaults(func=_sweep)
 
     q = sub.add_parser("report", help="leaderboard (methods side by side), parameter importances and plots of a sweep")
@@ -368,33 +382,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Bad-input error classes, by module. Only modules already imported can have raised one, so main()
-# looks them up in sys.modules instead of importing (sweep.space pulls in Optuna, checkpoint torch).
-_USER_ERRORS = {"mlem_ray.config": "ConfigError", "mlem_ray.sweep.pipeline": "SweepError",
-                "mlem_ray.sweep.report": "ReportError", "mlem_ray.sweep.space": "SpaceError",
-                "mlem_ray.training.checkpoint": "CheckpointError", "mlem_ray.training.resources": "ResourceError",
-                "mlem_ray.storage": "StorageError"}
-
-
-def _user_errors() -> tuple:
-    return (DataError, UsageError) + tuple(getattr(sys.modules[m], name) for m, name in _USER_ERRORS.items()
-                                           if m in sys.modules)
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Bad input (errors.UserError, from any layer) is one line and exit 2; anything else is a bug
+    # and keeps its traceback.
     try:
         return args.func(args)
-    except Exception as e:
-        if isinstance(e, _user_errors()):
-            print(f"mlem-ray {args.command}: error: {e}", file=sys.stderr)
-            return 2
-        loop = sys.modules.get("mlem_ray.training.loop")
-        if loop is not None and isinstance(e, loop.NonFiniteLossError):
-            print(f"mlem-ray {args.command}: error: {e}", file=sys.stderr)
-            return 1
-        raise
+    except UserError as e:
+        print(f"mlem-ray {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"mlem-ray {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -12,11 +12,9 @@ from dataclasses import dataclass, field, fields
 
 import yaml
 
+from .errors import ConfigError  # noqa: F401  (re-exported)
+
 METHODS = ("coles", "generative", "hybrid", "mlem", "supervised")
-
-
-class ConfigError(ValueError):
-    """A bad configuration value or key: reported as one line with exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +126,9 @@ class TrainConfig:
     selection: str = "none"  # in-trial selection score each epoch: none | probe | rankme (evaluation/selection.py)
     selection_every: int = 1  # score every N epochs (and the last); only scored epochs carry a checkpoint
     selection_size: int = 4096  # at most this many training-pool sequences are embedded for the score
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler); training/accel.py
+    prefetch: int = 0  # batches built ahead of the step in a background thread (0: built in the step)
+    loader_workers: int = 0  # DataLoader worker processes building batches (0: in the training process)
 
     def __post_init__(self):
         _positive(self, "epochs", "selection_every", "selection_size")
@@ -135,8 +136,9 @@ class TrainConfig:
         if self.budget_cpu_s < 0:
             raise ConfigError("train.budget_cpu_s must be >= 0")
         _choice(self, "device", ("auto", "cpu", "cuda"))
-        if self.steps_per_epoch < 0 or self.threads < 0:
-            raise ConfigError("train.steps_per_epoch and train.threads must be >= 0")
+        _choice(self, "precision", ("fp32", "bf16", "fp16"))
+        if min(self.steps_per_epoch, self.threads, self.prefetch, self.loader_workers) < 0:
+            raise ConfigError("train.steps_per_epoch, threads, prefetch and loader_workers must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ The API (kept small, so other layers can adopt it piecemeal):
 - `ray_storage(location)`: Tune/Train RunConfig arguments (storage_path, storage_filesystem);
 - `check_access(location)`: write, read back and delete a probe object; a `StorageError` with one
   line (wrong bucket, no credentials, unreachable endpoint) otherwise;
-- `worker_env()`: the environment Ray workers need to reach the same object store.
+- `worker_env()`: the environment Ray workers need to reach the same object store;
+- `driver_dir(location)`: a local directory for driver-only files (lock, Optuna journal, trackers).
 
 Credentials and endpoints come from the environment as each cloud's SDK expects (instance
 profile / workload identity; `AWS_ENDPOINT_URL` for an S3-compatible server), never from files of
@@ -29,6 +30,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from .errors import UserError
 
 # pyarrow >= 20's AWS SDK sends trailing checksums (aws-chunked uploads) by default. S3-compatible
 # servers that do not understand them (SeaweedFS, older MinIO, Ceph) store the chunk framing
@@ -48,7 +51,7 @@ _FORWARDED = tuple(_S3_DEFAULTS) + (
 CACHE_ENV = "MLEM_RAY_CACHE"
 
 
-class StorageError(ValueError):
+class StorageError(UserError):
     """A location that cannot be used (bad URI, missing bucket, no access): one line, exit code 2."""
 
 
@@ -203,6 +206,20 @@ def copy_dir(src, dst) -> None:
 
 def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mlem_ray")
+
+
+def driver_dir(location) -> Path:
+    """A local directory for the driver's own files of the sweep at `location` (the sweep lock,
+    the Optuna journal, the trackers' stores): `location` itself when it is a path; for a URI a
+    directory under the cache keyed by the URI. Those files need local file semantics (O_EXCL,
+    file locks, SQLite) that an object store lacks, and only the driver touches them, so on object
+    storage they stay on the driver's host: a resumed sweep must be driven from the same host (or
+    with the same MLEM_RAY_CACHE) to find them."""
+    if not is_uri(location):
+        return Path(str(location))
+    text = str(location).rstrip("/")
+    readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-60:]
+    return cache_root() / "sweeps" / f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def _listing(location) -> list:

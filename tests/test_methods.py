@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import make_pendulum
@@ -245,6 +246,12 @@ def test_pretrain_evaluate_embed_cli(tiny, tmp_path, capsys):
     sets = [x for k, v in SMALL.items() for x in ("--set", f"{k}={v}")]
     assert main(["pretrain", "--data", str(tiny), "--method", "coles", "--out", str(run), *sets]) == 0
     assert (run / "best" / "model.pt").exists() and (run / "last" / "config.yaml").exists()
+    # per-epoch TensorBoard scalars beside metrics.jsonl
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(run)).Reload()
+    assert [e.step for e in scalars.Scalars("val_loss")] == [0, 1]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     # a second run into the same directory is refused, --resume with nothing left to do is fine
     assert main(["pretrain", "--data", str(tiny), "--method", "coles", "--out", str(run), *sets]) == 2
     assert "--resume" in capsys.readouterr().err
@@ -259,7 +266,19 @@ def test_pretrain_evaluate_embed_cli(tiny, tmp_path, capsys):
     out = tmp_path / "emb.parquet"
     assert main(["embed", "--data", str(tiny), "--checkpoint", str(run / "best"), "--out", str(out)]) == 0
     table = pq.read_table(out)
-    assert table.num_rows == len(EventSequences.open(tiny)) and "e15" in table.column_names
+    seqs = EventSequences.open(tiny)
+    assert table.num_rows == len(seqs) and table.column_names == ["id", "split", "target", "embedding"]
+    width = SMALL["model.hidden"]
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), width)  # fixed_size_list<float32>[H]
+    vectors = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, width)
+    assert np.isfinite(vectors).all() and vectors.std(0).min() > 0
+    labelled = ~np.isnan(seqs.targets)
+    assert table.column("target").null_count == int((~labelled).sum())
+    wide = tmp_path / "wide.parquet"
+    assert main(["embed", "--data", str(tiny), "--checkpoint", str(run / "best"), "--out", str(wide), "--wide"]) == 0
+    wide_table = pq.read_table(wide)
+    assert wide_table.column_names[-1] == f"e{width - 1}" and "embedding" not in wide_table.column_names
+    assert np.allclose(np.stack([wide_table.column(f"e{j}").to_numpy() for j in range(width)], 1), vectors)
 
 
 def test_checkpoint_from_another_schema_is_refused(tiny, tmp_path, capsys):

@@ -320,3 +320,61 @@ def test_out_the_worker_cannot_see_is_refused(cluster, tmp_path):
     assert REFUSED in r.stderr and "Traceback" not in r.stderr, r.stderr
     print(f"direct driver: exit code {r.returncode} in {time.monotonic() - t0:.0f} s")
     assert not out.exists()
+
+
+def _is_raylet(pid: int) -> bool:
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return False
+    return Path(argv0).name == "raylet"
+
+
+def test_losing_the_worker_node_mid_sweep(cluster, tmp_path):
+    """The worker node's raylet is SIGKILLed while a trial runs there: the sweep still finishes, every
+    trial is completed (re-run on the head node) or listed as errored with its reason, and every
+    completed trial is scored exactly once. Last in this module: it leaves the worker node dead."""
+    out = tmp_path / "sweep"
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({**SPACE, "sweep": {**SPACE["sweep"], "epochs": 6}}))
+    t0 = time.monotonic()
+    cluster.submit("mlem-mn-chaos", "--out", str(out), "--space", str(space), "--sequences", SEQUENCES)
+
+    def trial_on_worker() -> str | None:
+        for result in (out / "coles").glob("*/result.json"):
+            if cluster.worker_id in result.read_text(errors="replace"):
+                return result.parent.name
+        return None
+
+    victim, deadline = None, time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline:
+        if cluster.status("mlem-mn-chaos")[0] in TERMINAL:
+            break
+        victim = trial_on_worker()
+        time.sleep(1)
+    assert victim, f"no trial reported from the worker node:\n{cluster.logs('mlem-mn-chaos')}"
+    worker = next(n for n in cluster.nodes if n.name == "worker")
+    raylets = [pid for pid, _ in _descendants(worker.proc.pid) if _is_raylet(pid)]
+    assert raylets, "the worker node has no raylet process"
+    for pid in raylets:
+        os.kill(pid, signal.SIGKILL)
+    print(f"killed the worker's raylet {raylets} {time.monotonic() - t0:.0f} s in, while trial {victim} ran there")
+
+    status, text = cluster.wait("mlem-mn-chaos", timeout=480)
+    logs = cluster.logs("mlem-mn-chaos")
+    assert status == "SUCCEEDED", f"job ended {status}:\n{text}\n--- ray job logs ---\n{logs}"
+    print(f"job SUCCEEDED in {time.monotonic() - t0:.0f} s")
+
+    import pandas as pd
+
+    board = pd.read_parquet(out / "leaderboard.parquet")
+    trials = {p.parent.name for p in (out / "coles").glob("*/params.json")}
+    assert len(trials) == SPACE["sweep"]["trials"]
+    assert board["trial_id"].is_unique  # nothing scored twice
+    assert set(board["trial_id"]) == trials  # every trial completed and scored, or listed
+    status_of = dict(zip(board["trial_id"], board.get("status", pd.Series(["ok"] * len(board)))))
+    for row in board.to_dict("records"):
+        print(f"trial {row['trial_id']}: {row.get('status', 'ok')} {row.get('error', '')}")
+        if row.get("status") not in ("ok", "failed"):
+            assert row.get("status") == "errored" and row.get("error"), row
+    assert status_of[victim] in ("ok", "errored")

@@ -17,7 +17,11 @@ HEAVY = ("torch", "ray", "optuna")
 
 
 def declared() -> set[str]:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    """Required dependencies plus the optional integrations' extras (mlflow, wandb: imported only
+    when their --tracker is asked for, after a check that they are installed)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project.get("optional-dependencies", {})
+    deps = project["dependencies"] + [d for name, ds in extras.items() if name != "test" for d in ds]
     return {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
 
 

@@ -1,5 +1,6 @@
 """Ray Train around the one loop: a worker failure restarts from the last checkpoint, GPUs that
 do not exist are refused fast, and 2-worker trials run under Tune with ASHA stopping some."""
+import json
 import time
 from pathlib import Path
 
@@ -36,13 +37,22 @@ def test_a_failed_worker_restarts_from_the_last_checkpoint(data, tmp_path):
     cfg = make_config("coles", {**SMALL, "data.path": str(data), "train.epochs": 4})
     result = run_distributed(cfg, workers=2, gpus_per_worker=0, storage=tmp_path / "train", name="ft",
                              cpus_per_worker=0.5, max_failures=1,
-                             extra={"fail_once_at_epoch": 2, "marker_dir": str(tmp_path / "markers")})
+                             extra={"fail_once_at_epoch": 2, "marker_dir": str(tmp_path / "markers"),
+                                    "log_dir": str(tmp_path / "run")})
     assert (tmp_path / "markers" / "failed_once").read_text() == "2"
     started = (tmp_path / "markers" / "epochs_started").read_text().split()
     assert started == ["0", "1", "2", "2", "3"]  # epoch 2 re-run after the restart, 0 and 1 not
     assert result.metrics["epoch"] == 3
     encoder, ckpt = load_encoder(result.checkpoint.path)
     assert ckpt.state["trainer"]["epoch"] == 3 and encoder.out_dim == 16
+    # `pretrain --workers N` (log_dir = --out): rank 0 writes every reported epoch as a local run
+    # does, metrics.jsonl and TensorBoard scalars, across the restart
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2, 3]
+    steps = [e.step for e in EventAccumulator(str(tmp_path / "run")).Reload().Scalars("val_loss")]
+    assert steps == [0, 1, 2, 3]
 
 
 def test_gpus_that_do_not_exist_are_refused_within_30s(data, tmp_path, capsys):

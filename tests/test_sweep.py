@@ -16,7 +16,7 @@ from mlem_ray.evaluation.actor import Evaluator
 from mlem_ray.evaluation.leaderboard import read as read_leaderboard  # noqa: E402
 from mlem_ray.evaluation import leaderboard  # noqa: E402
 from mlem_ray.evaluation.leaderboard import pick_teacher  # noqa: E402
-from mlem_ray.sweep.pipeline import SweepJob, evaluator_name, run_sweep  # noqa: E402
+from mlem_ray.sweep.pipeline import SweepError, SweepJob, evaluator_name, run_sweep  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -77,15 +77,16 @@ def test_two_stage_sweep_tensorboard_leaderboard_and_teacher(tmp_path, data):
     assert len(teacher_rows) == 4 and len(mlem_rows) == 2 and board["trial_id"].is_unique
     trial_dirs = {p.name for p in (out / "teacher").iterdir() if p.is_dir()}
     assert set(teacher_rows["trial_id"]) == trial_dirs
-    # TensorBoard: curves and HParams per trial, downstream metrics as an HParams run beside them
+    # TensorBoard: Tune's curves per trial, and one HParams session beside them with the downstream metrics
     for trial in trial_dirs:
         tags = [t for f in (out / "teacher" / trial).rglob("events.out.tfevents*") for t in plugin_events(f)]
         plugins = {p for p, _ in tags}
         assert "hparams" in plugins and "scalars" in plugins, plugins
         assert any(t.endswith("val_loss") for _, t in tags)
-        downstream = [t for f in (out / "teacher" / trial / "downstream").rglob("events.out.tfevents*")
-                      for _, t in plugin_events(f)]
-        assert "downstream/tree_cv_mse_mean" in downstream
+        session = [t for f in (out / "teacher" / trial / "hparams").rglob("events.out.tfevents*")
+                   for _, t in plugin_events(f)]
+        assert "downstream/tree_cv_mse_mean" in session and "trial/val_loss" in session
+        assert "_hparams_/session_start_info" in session and "_hparams_/experiment" not in tags
     assert list((out / "tensorboard_leaderboard").glob("events.out.tfevents*"))
     # the MLEM stage trained against the best-scored stage-1 checkpoint
     teacher = json.loads((out / "teacher.json").read_text())
@@ -148,6 +149,14 @@ def test_gpus_that_do_not_exist_are_refused_fast(tmp_path, data):
     with pytest.raises(ResourceError, match="the Ray cluster has 0"):
         run_sweep(SweepJob(out=str(tmp_path / "s"), data=str(data), space=str(space_file(tmp_path)),
                                 gpus_per_worker=1))
+    assert time.time() - t0 < 30
+    assert not (tmp_path / "s" / "sweep.json").exists()
+
+
+def test_an_evaluation_gpu_that_does_not_exist_is_refused_fast(tmp_path, data):
+    t0 = time.time()
+    with pytest.raises(SweepError, match="--eval-gpus 1 but the Ray cluster has 0 GPUs"):
+        run_sweep(SweepJob(out=str(tmp_path / "s"), data=str(data), space=str(space_file(tmp_path)), eval_gpus=1))
     assert time.time() - t0 < 30
     assert not (tmp_path / "s" / "sweep.json").exists()
 

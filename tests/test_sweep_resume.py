@@ -1,5 +1,6 @@
 """Kill the sweep driver (and its in-process Ray) mid-sweep, then `--resume`: every trial runs
 once, finished trials are neither re-run nor re-scored, and the sweep completes."""
+import math
 import os
 import signal
 import subprocess
@@ -77,3 +78,14 @@ def test_killed_driver_resumes_without_rerunning_or_rescoring(tmp_path):
         assert result_lines(out / "teacher" / trial) == finished_lines[trial]
     for trial in teacher_trials:
         assert result_lines(out / "teacher" / trial) == 3
+    # each stage's Optuna study, kept in the sweep directory, went on across the kill: one complete
+    # trial per Tune trial, with its value; none left RUNNING
+    import optuna
+
+    from mlem_ray.sweep.optuna_storage import study_storage
+
+    for stage, trials in (("teacher", teacher_trials), ("mlem", mlem_trials)):
+        study = optuna.load_study(study_name=stage, storage=study_storage(out))
+        done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        assert len(done) == len(trials) and all(math.isfinite(t.value) for t in done)
+        assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))

@@ -48,6 +48,11 @@ class PaddedBatch:
         }
         return PaddedBatch(**moved)
 
+    def pin_memory(self) -> PaddedBatch:
+        """Page-locked copies, so a later `.to(cuda, non_blocking=True)` copies asynchronously."""
+        return PaddedBatch(**{f.name: (getattr(self, f.name).pin_memory() if getattr(self, f.name) is not None else None)
+                              for f in fields(self)})
+
     def __len__(self) -> int:
         return self.lengths.shape[0]
 

@@ -90,7 +90,9 @@ def generate_chunk(n: int, rng: np.random.Generator):
 def generate(sequences: int, seed: int = 0, progress: bool = False):
     """-> (events table: id, time, x, y; targets table: id, L)."""
     if sequences < 1:
-        raise ValueError("--sequences must be at least 1")
+        from ..errors import DataError
+
+        raise DataError(f"--sequences must be at least 1, got {sequences}")
     from tqdm import tqdm
 
     ids, times, xs, ys, t_ids, ls = [], [], [], [], [], []

@@ -9,6 +9,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from ..errors import DataError  # noqa: F401  (re-exported)
 
 PAD_CODE = 0  # categorical padding
 UNSEEN_CODE = 1  # unseen at fit time or rarer than min_count
@@ -16,10 +17,6 @@ FIRST_CODE = 2
 
 TASKS = ("binary", "multiclass", "regression")
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "days": 86400.0}
-
-
-class DataError(ValueError):
-    """Bad user input about data: reported as one line with exit code 2."""
 
 
 @dataclass(frozen=True)

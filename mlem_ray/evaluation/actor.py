@@ -5,9 +5,15 @@ downstream and keeps the leaderboard.
   so they queue in the actor's mailbox.
 - Every result is appended to the leaderboard (evaluation/leaderboard.py; written to a temp file
   and renamed) *before* the call returns, and written to TensorBoard next to the trial.
-- After a crash Ray restarts the actor (`max_restarts`) and retries unfinished calls
-  (`max_task_retries`); the new instance reloads the leaderboard, so a row is never lost and a
-  trial is never scored twice.
+- A scoring that raises (NaN embeddings, a probe that cannot fit) is a row with status failed and
+  the reason: the call returns, the stage goes on, and the trial is not scored again. A trial that
+  itself errored gets a row with status errored (`record_error`), replaced if it is later re-run
+  and scored.
+- After a crash Ray restarts the actor (`max_restarts`) and retries the calls the dead process
+  had not finished (`max_task_retries`, a few times: a call that kills the process every time
+  must not loop forever). An exception raised by a call is never retried (Ray's default
+  `retry_exceptions=False` for actor methods; tests/test_faults.py checks both). The new instance
+  reloads the leaderboard, so a row is never lost and a trial is never scored twice.
 """
 from __future__ import annotations
 
@@ -26,21 +32,47 @@ class Evaluator:
     """The actor's body (plain class, so it is testable without Ray)."""
 
     def __init__(self, sweep_dir, data_path, folds: int = 5, seed: int = 0, tree_iters: int = 300,
-                 robustness: bool = False, threads: int = 1):
+                 robustness: bool = False, threads: int = 1, device: str = "cpu"):
         self.sweep_dir = str(sweep_dir)  # a path or an object-store URI (storage.py)
         self.data_path = str(data_path)
         self.folds, self.seed, self.tree_iters, self.robustness = folds, seed, tree_iters, robustness
-        self.threads = threads
+        self.threads, self.device = threads, device
         self.board = leaderboard.read(self.sweep_dir)
         self.restored_rows = len(self.board)
         # Scores run one at a time; the lock lets info() and rows() answer while a score is running.
         self._scoring = threading.Lock()
 
     def _done(self, trial_id: str) -> dict | None:
+        """The trial's row, unless it only says the trial errored (a re-run may score it yet)."""
         if self.board.empty:
             return None
         hit = self.board[self.board["trial_id"] == trial_id]
-        return hit.iloc[0].to_dict() if len(hit) else None
+        if not len(hit):
+            return None
+        row = hit.iloc[0].to_dict()
+        return None if row.get("status") == leaderboard.ERRORED else row
+
+    def _add(self, row: dict) -> None:
+        """Append `row`, replacing an errored row of the same trial."""
+        board = self.board
+        if not board.empty:
+            board = board[board["trial_id"] != row["trial_id"]].reset_index(drop=True)
+        self.board = leaderboard.append(self.sweep_dir, board, row)
+
+    def record_error(self, trial_id: str, stage: str, method: str, error: str, params: dict, seed: int = 0,
+                     reseed_of: str = "") -> dict:
+        """A row saying the trial errored and why (the report lists it); a trial already on the
+        board is left as it is."""
+        with self._scoring:
+            hit = self.board[self.board["trial_id"] == trial_id] if not self.board.empty else self.board
+            if len(hit):
+                return hit.iloc[0].to_dict()
+            row = {"trial_id": trial_id, "stage": stage, "method": method, "checkpoint": "",
+                   "params": json.dumps(params, sort_keys=True, default=str), "seed": int(seed),
+                   "reseed_of": reseed_of, "scored_at": time.time(), "status": leaderboard.ERRORED,
+                   "error": leaderboard.reason(error)}
+            self._add(row)
+            return row
 
     def score(self, trial_id: str, stage: str, method: str, checkpoint: str, selection: dict, params: dict,
               seed: int = 0, reseed_of: str = "", trial_dir: str = "") -> dict:
@@ -56,12 +88,15 @@ class Evaluator:
             return done
         from threadpoolctl import threadpool_limits
 
-        from .evaluate import evaluate_checkpoint
-
-        with threadpool_limits(self.threads):
-            result = evaluate_checkpoint(checkpoint, self.data_path, kinds=("tree", "linear"), folds=self.folds,
-                                         seed=self.seed, robustness=self.robustness, tree_iters=self.tree_iters)
-        metric, mode = leaderboard.downstream_metric(result["task"])
+        try:
+            with threadpool_limits(self.threads):
+                result = self._evaluate(checkpoint)
+            metric, mode = leaderboard.downstream_metric(result["task"])
+            status, error = leaderboard.OK, ""
+        except Exception as e:  # noqa: BLE001 (any failure of one trial's scoring is that trial's)
+            # Deterministic for this checkpoint: recorded, not retried; the stage goes on.
+            result, metric, mode = {}, "", ""
+            status, error = leaderboard.FAILED, leaderboard.reason(e)
         row = {
             "trial_id": trial_id, "stage": stage, "method": method, "checkpoint": str(checkpoint),
             "selection_metric": str(selection.get("selection_metric", "val_loss")),
@@ -70,26 +105,34 @@ class Evaluator:
             "val_loss": float(selection.get("val_loss", float("nan"))),
             "params": json.dumps(params, sort_keys=True, default=str), "seed": int(seed),
             "reseed_of": reseed_of, "primary_metric": metric, "primary_mode": mode,
-            "primary_value": float(result[metric]), "scored_at": time.time(),
+            "primary_value": float(result[metric]) if metric else float("nan"), "scored_at": time.time(),
+            "status": status, "error": error,
             **{k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         }
-        self.board = leaderboard.append(self.sweep_dir, self.board, row)
-        self._tensorboard(row, params, trial_dir)
+        self._add(row)
+        if status == leaderboard.OK:
+            self._tensorboard(row, params, trial_dir)
         return row
 
+    def _evaluate(self, checkpoint) -> dict:
+        from .evaluate import evaluate_checkpoint
+
+        return evaluate_checkpoint(checkpoint, self.data_path, kinds=("tree", "linear"), folds=self.folds,
+                                   seed=self.seed, robustness=self.robustness, tree_iters=self.tree_iters,
+                                   device=self.device)
+
     def _tensorboard(self, row: dict, params: dict, trial_dir: str) -> None:
-        """Downstream metrics as an HParams run beside the trial's own curves, and the leaderboard
-        as scalars in `<sweep>/tensorboard_leaderboard`."""
+        """The trial's HParams session (swept values, in-trial and downstream metrics) beside its
+        own curves (evaluation/hparams.py), and the leaderboard as scalars in
+        `<sweep>/tensorboard_leaderboard`."""
         from tensorboardX import SummaryWriter
 
-        metrics = {f"downstream/{k}": v for k, v in row.items()
-                   if isinstance(v, float) and k not in ("scored_at", "seed")}
-        metrics[f"selection/{row['selection_metric']}"] = row["selection_value"]
-        hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
-        hparams.update({"method": row["method"], "stage": row["stage"]})
+        from . import hparams
+
         where = trial_dir or storage.join(self.sweep_dir, row["stage"], row["trial_id"])
-        with _writable(storage.join(where, "downstream")) as local, SummaryWriter(local) as w:
-            w.add_hparams(hparams, metrics, name=".")
+        with _writable(storage.join(where, hparams.RUN)) as local:
+            hparams.write_session(local, hparams.session_hparams(params, row["stage"], row["method"]),
+                                  hparams.session_metrics(row), group=row["reseed_of"] or row["trial_id"])
         with _writable(storage.join(self.sweep_dir, "tensorboard_leaderboard")) as local, SummaryWriter(local) as w:
             step = len(self.board)
             w.add_scalar(f"leaderboard/{row['stage']}/{row['primary_metric']}", row["primary_value"], step)
@@ -116,11 +159,18 @@ def _writable(location: str):
         storage.upload(local, location)
 
 
-def get_or_create_actor(sweep_dir, data_path, name: str, cpus: float = 0.0, **kwargs):
-    """The named actor of this sweep (DESIGN.md pattern): created once, found again by name."""
+def get_or_create_actor(sweep_dir, data_path, name: str, cpus: float = 0.0, gpus: float = 0.0, **kwargs):
+    """The named actor of this sweep (DESIGN.md pattern): created once, found again by name.
+    With `gpus` > 0 it holds that share of a GPU and embeds on it (the probes stay on CPU)."""
     import ray
 
     actor_cls = ray.remote(Evaluator)
-    return actor_cls.options(name=name, namespace="mlem_ray", get_if_exists=True, num_cpus=cpus, max_concurrency=2,
-                             max_restarts=-1, max_task_retries=-1, lifetime=None).remote(
-        str(sweep_dir), str(data_path), **kwargs)
+    return actor_cls.options(name=name, namespace="mlem_ray", get_if_exists=True, num_cpus=cpus, num_gpus=gpus,
+                             **ACTOR_OPTIONS).remote(str(sweep_dir), str(data_path),
+                                                     device="cuda" if gpus > 0 else "cpu", **kwargs)
+
+
+# Restart the process whenever it dies; retry a call the dead process had not finished a few times
+# (a call that kills the process every time gives up with RayActorError); never retry a call that
+# raised (retry_exceptions stays False for every method).
+ACTOR_OPTIONS = dict(max_concurrency=2, max_restarts=-1, max_task_retries=3, lifetime=None)

@@ -9,22 +9,39 @@ from ..data.batching import gather_events, gather_windows
 from ..data.prepared import EventSequences
 
 
+def _to(batch, device):
+    device = torch.device(device)
+    if device.type == "cuda":  # from page-locked memory: one DMA copy, no staging buffer
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
+
+
 @torch.no_grad()
 def embed_rows(encoder, seqs: EventSequences, rows: np.ndarray, max_len: int, batch_size: int = 256,
-               device="cpu") -> np.ndarray:
+               device="cpu", progress: bool = False, precision: str = "fp32") -> np.ndarray:
     """(len(rows), H) float32 embeddings of whole sequences (their last max_len events).
-    Rows are processed in length order so batches carry little padding."""
+    Rows are processed in length order so batches carry little padding. `progress`: a tqdm bar
+    (sequences) when stderr is a terminal. `precision` bf16/fp16 runs the encoder under autocast
+    (training/accel.py)."""
+    from ..training.accel import Precision
+
     encoder.eval()
+    autocast = Precision(precision, torch.device(device)).autocast
     rows = np.asarray(rows, dtype=np.int64)
     out = np.empty((len(rows), encoder.out_dim), dtype=np.float32)
     order = np.argsort(seqs.lengths[rows], kind="stable")
-    for i in range(0, len(rows), batch_size):
-        pick = order[i : i + batch_size]
-        r = rows[pick]
-        n = seqs.lengths[r]
-        keep = np.minimum(n, max_len)
-        batch = gather_windows(seqs, r, n - keep, keep).to(device)
-        out[pick] = encoder(batch).float().cpu().numpy()
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(rows), desc="embedding", unit="seq", leave=False, disable=None if progress else True) as bar:
+        for i in range(0, len(rows), batch_size):
+            pick = order[i : i + batch_size]
+            r = rows[pick]
+            n = seqs.lengths[r]
+            keep = np.minimum(n, max_len)
+            batch = _to(gather_windows(seqs, r, n - keep, keep), device)
+            with autocast():
+                out[pick] = encoder(batch).float().cpu().numpy()
+            bar.update(len(pick))
     return out
 
 
@@ -52,8 +69,27 @@ def embed_perturbed(encoder, seqs: EventSequences, rows: np.ndarray, max_len: in
         kept = keep.sum(1)
         mask = pos < kept[:, None]
         event_index = first[:, None] + order
-        batch = gather_events(seqs, event_index, mask, r).to(device)
+        batch = _to(gather_events(seqs, event_index, mask, r), device)
         if shuffle:
             batch.dt.clamp_(min=0)  # gaps of out-of-order events are negative; the model never saw those
         out[i : i + len(r)] = encoder(batch).float().cpu().numpy()
     return out
+
+
+def embedding_table(seqs: EventSequences, rows: np.ndarray, emb: np.ndarray, wide: bool = False):
+    """The `embed` output: id, split, target (when the data set has targets; null where
+    unlabelled) and `embedding` as one fixed_size_list<float32>[H] column, the layout Hugging Face
+    datasets, Lance and Ray Data read as a vector. `wide`: one float32 column per dimension
+    (e0..eH-1) instead."""
+    import pyarrow as pa
+
+    columns = {"id": seqs.ids.take(pa.array(rows)), "split": pa.array(seqs.split[rows].astype(str))}
+    if seqs.targets is not None:
+        target = seqs.targets[rows]
+        columns["target"] = pa.array(target, mask=np.isnan(target))
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    if wide:
+        columns.update({f"e{j}": emb[:, j] for j in range(emb.shape[1])})
+    else:
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
+    return pa.table(columns)

@@ -18,6 +18,9 @@ One row per scored trial. Columns:
   primary_mode              pool), its direction and value; the test set is reported beside it
   primary_value             and never used to choose
   scored_at                 unix time
+  status, error             ok; failed (the scoring raised: NaN embeddings, a probe that could
+                            not fit) or errored (the trial itself ended in an error), with the
+                            reason in one line. Only ok rows are ranked; the report lists the rest
   <metric>                  every downstream metric of the evaluation (tree_*, linear_*, ...)
 """
 from __future__ import annotations
@@ -34,7 +37,8 @@ FILE = "leaderboard.parquet"
 # Bookkeeping columns: every other numeric column is a downstream metric.
 BOOKKEEPING = ("trial_id", "stage", "method", "checkpoint", "params", "seed", "reseed_of", "selection_metric",
                "selection_mode", "selection_value", "val_loss", "primary_metric", "primary_mode", "primary_value",
-               "scored_at")
+               "scored_at", "status", "error")
+OK, FAILED, ERRORED = "ok", "failed", "errored"
 
 
 def path(sweep_dir) -> str:
@@ -74,9 +78,24 @@ def downstream_metric(task: str) -> tuple[str, str]:
 
 
 def _records(rows) -> list[dict]:
-    if isinstance(rows, pd.DataFrame):
-        return rows.to_dict("records")
-    return list(rows)
+    """Rows as dicts, only those that were scored (a board written before the status column
+    existed has only scored rows)."""
+    records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
+    return [r for r in records if is_ok(r)]
+
+
+def is_ok(row: dict) -> bool:
+    status = row.get("status")
+    return not isinstance(status, str) or status in ("", OK)
+
+
+def reason(error: BaseException | str, limit: int = 300) -> str:
+    """One line saying why: the last line of a (possibly multi-line, remote) error message."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    if isinstance(error, BaseException) and not text.startswith(type(error).__name__):
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text[:limit]
 
 
 def _finite(value) -> bool:
@@ -88,7 +107,7 @@ def _finite(value) -> bool:
 
 def best(rows, by: str = "primary") -> dict | None:
     """The best row by `by` ("primary": the downstream score; "selection": the in-trial score),
-    in that column's own direction; rows without a finite value are skipped; ties go to the first
+    in that column's own direction; rows without a finite value, or not scored ok, are skipped; ties go to the first
     row. None when no row has a finite value."""
     value, mode = f"{by}_value", f"{by}_mode"
     scored = [r for r in _records(rows) if _finite(r.get(value))]
@@ -99,7 +118,7 @@ def best(rows, by: str = "primary") -> dict | None:
 
 
 def ranked(rows, by: str = "selection") -> list[dict]:
-    """Rows with a finite `by` value, best first (stable for ties)."""
+    """Rows scored ok with a finite `by` value, best first (stable for ties)."""
     value, mode = f"{by}_value", f"{by}_mode"
     scored = [r for r in _records(rows) if _finite(r.get(value))]
     if not scored:

@@ -35,7 +35,10 @@ class GenerativeDecoder(nn.Module):
         start = self.start(z).unsqueeze(1)  # (B, 1, W)
         shifted = torch.cat([start, self.event_in(events[:, :-1])], dim=1)  # (B, T, W)
         h = shifted + self.pos.weight[:T]
-        causal = nn.Transformer.generate_square_subsequent_mask(T, device=h.device, dtype=h.dtype)
+        # Under autocast attention runs in the autocast type: an fp32 additive mask beside bf16
+        # queries would keep attention off the fused kernels.
+        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        causal = nn.Transformer.generate_square_subsequent_mask(T, device=h.device, dtype=dtype)
         h = self.body(h, memory=start, tgt_mask=causal, tgt_is_causal=True)
         return {
             "cat": [head(h) for head in self.cat_heads],

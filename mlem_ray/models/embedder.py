@@ -32,7 +32,9 @@ class EventEmbedder(nn.Module):
         self.time_encoding = time_encoding
         self.out_dim = len(cat_sizes) * cat_dim + n_num * num_dim + (time_encoding != "none")
         if self.out_dim == 0:
-            raise ValueError("the data set has no fields and the time encoding is off: nothing to embed")
+            from ..errors import ConfigError
+
+            raise ConfigError("the data set has no fields and model.time_encoding is none: nothing to embed")
 
     def forward(self, batch: PaddedBatch) -> torch.Tensor:
         parts = [emb(batch.cat[:, :, j]) for j, emb in enumerate(self.cat)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
+from ..errors import ConfigError, DataError
 from ..models.build import build_decoder, build_encoder
 from .coles import ColesObjective, ContrastiveLoss, InfoNCELoss, MarginLoss, Projector
 from .generative import GenerativeObjective, ReconstructionLoss
@@ -39,7 +40,7 @@ def build_objective(cfg, schema, max_len: int, teacher: nn.Module | None = None,
         return ColesObjective(encoder, _contrastive(cfg, encoder.out_dim))
     if method == "supervised":
         if not schema.task:
-            raise ValueError("the supervised baseline needs a data set with targets")
+            raise DataError("the supervised baseline needs a data set with targets")
         mean = float(np.nanmean(targets)) if targets is not None and schema.task == "regression" else 0.0
         std = float(np.nanstd(targets)) if targets is not None and schema.task == "regression" else 1.0
         return SupervisedObjective(encoder, schema.task, schema.num_classes, mean, std if std > 0 else 1.0)
@@ -49,6 +50,6 @@ def build_objective(cfg, schema, max_len: int, teacher: nn.Module | None = None,
     if method == "hybrid":
         return HybridObjective(encoder, decoder, _reconstruction(cfg), _contrastive(cfg, encoder.out_dim), o.w_rec, o.w_con)
     if teacher is None:
-        raise ValueError("MLEM needs a frozen CoLES teacher")
+        raise ConfigError("MLEM needs a frozen CoLES teacher (objective.teacher)")
     return MLEMObjective(encoder, decoder, teacher, _reconstruction(cfg), SigLIPLoss(o.siglip_t_init, o.siglip_b_init),
                          o.w_rec, o.w_align)

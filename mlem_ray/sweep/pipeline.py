@@ -11,7 +11,9 @@ file goes through mlem_ray/storage.py, so a cloud cluster needs no shared disk):
   sweep.json              the sweep's settings (so `--resume` needs only `--out`)
   space.yaml              the search space used
   data/                   the generated Pendulum set when no --data was given
-  <stage>/<trial_id>/     Tune trials: TensorBoard curves, HParams, checkpoints
+  <stage>/<trial_id>/     Tune trials: TensorBoard curves, checkpoints; hparams/ its HParams session
+  optuna.journal          every stage's Optuna study (sweep/optuna_storage.py)
+  mlflow.db, wandb/       with --tracker mlflow|wandb (sweep/trackers.py)
   leaderboard.parquet     one row per scored trial (the evaluation actor's)
   tensorboard_leaderboard/
   teacher.json            the chosen teacher (two-stage sweeps)
@@ -28,8 +30,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .. import storage
-from ..data.schema import DataError
+from ..errors import DataError, SweepError  # noqa: F401  (SweepError re-exported)
 from ..evaluation import leaderboard
+from .lock import sweep_lock
 from .space import SearchSpace, StageSpace, load_space, space_text
 
 # Each epoch checkpoints, so Tune's snapshot-frequency warning would fire on every small trial
@@ -38,10 +41,6 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 DEFAULT_SPACE = "quick"
 DEMO_SEQUENCES = 2000
-
-
-class SweepError(ValueError):
-    """Bad sweep input (paths, resources, resume state): one line, exit code 2."""
 
 
 def location(text: str) -> str:
@@ -64,6 +63,8 @@ class SweepJob:
     cpus_per_trial: float = 1.0
     folds: int = 5
     sequences: int = DEMO_SEQUENCES
+    trackers: list = field(default_factory=list)  # mlflow, wandb (sweep/trackers.py)
+    eval_gpus: float = 0.0  # GPU share of the evaluation actor (it embeds on the GPU when > 0)
 
 
 def check_locations(out: str, data: str) -> None:
@@ -181,19 +182,6 @@ def _resolve_metrics(stages: dict[str, StageSpace], data: str) -> dict[str, Stag
     return {name: stage.resolved(default) for name, stage in stages.items()}
 
 
-def _init_ray(address: str | None, object_storage: bool = False):
-    import ray
-
-    if ray.is_initialized():
-        return
-    # Workers on other nodes reach the same object store as the driver (endpoint, region,
-    # checksum settings; never secrets: each node has its own credential chain).
-    env = _worker_env() if object_storage else {}
-    ray.init(address=address or None, namespace="mlem_ray", log_to_driver=True,
-             **({"runtime_env": {"env_vars": env}} if env else {}),
-             **({} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
-
-
 def _worker_env() -> dict:
     """storage.worker_env(), less what a `ray job submit` runtime env already sets: Ray refuses
     to merge a job's runtime env with a ray.init one that names the same variable."""
@@ -233,7 +221,8 @@ class _Session:
         return stage.sweep.max_concurrent or max(1, int((self.cpus - self.actor_cpus) // per_trial))
 
     def stage_kwargs(self) -> dict:
-        return {"workers": self.settings.workers_per_trial, "gpus_per_worker": self.settings.gpus_per_worker}
+        return {"workers": self.settings.workers_per_trial, "gpus_per_worker": self.settings.gpus_per_worker,
+                "trackers": tuple(self.settings.trackers)}
 
 
 def check_storage_reachable(out: str, nodes: list[dict], data: str = "", timeout_s: float = 60.0) -> None:
@@ -291,11 +280,17 @@ def _start(settings: SweepJob, address: str | None) -> _Session:
 
     from ..evaluation.actor import get_or_create_actor
 
-    from ..training.resources import check_gpus
+    from ..training.resources import check_gpus, connect
 
-    _init_ray(address, object_storage=storage.is_uri(settings.out) or storage.is_uri(settings.data))
+    object_storage = storage.is_uri(settings.out) or storage.is_uri(settings.data)
+    # Workers on other nodes reach the same object store as the driver (endpoint, region,
+    # checksum settings; never secrets: each node has its own credential chain).
+    connect(address, env_vars=_worker_env() if object_storage else None)
     resources = ray.cluster_resources()
     check_gpus(settings.gpus_per_worker, settings.workers_per_trial, resources)
+    if settings.eval_gpus > resources.get("GPU", 0.0):  # an unplaceable actor would wait forever
+        raise SweepError(f"--eval-gpus {settings.eval_gpus:g} but the Ray cluster has {resources.get('GPU', 0.0):g} "
+                         "GPUs; drop the flag to evaluate on CPU")
     alive = [n for n in ray.nodes() if n.get("Alive")]
     if len(alive) > 1:
         out = settings.out
@@ -315,7 +310,8 @@ def _start(settings: SweepJob, address: str | None) -> _Session:
     # it never blocks trial scheduling (it runs between trial completions, single-threaded).
     actor_cpus = 1.0 if cpus >= 4 else 0.0
     actor_name = evaluator_name(out)
-    actor = get_or_create_actor(out, settings.data, actor_name, cpus=actor_cpus, folds=settings.folds)
+    actor = get_or_create_actor(out, settings.data, actor_name, cpus=actor_cpus, gpus=settings.eval_gpus,
+                                folds=settings.folds)
     return _Session(out, settings, actor, actor_name, cpus, actor_cpus)
 
 
@@ -327,6 +323,13 @@ def evaluator_name(out) -> str:
 
 def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = False) -> dict:
     settings = _resolve(settings, resume)  # bad input fails here, before Ray and torch are imported
+    with sweep_lock(settings.out):
+        return _run_sweep(settings, address, resume)
+
+
+def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
+    from .tuner import run_stage
+
     space = load_space(settings.space)
     stages = _stages(space, settings)
     if settings.data:  # refuse a metric the data cannot give before anything is written
@@ -346,7 +349,9 @@ def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = Fal
         rows = run_stage(name, stage, out, stage_fixed, session.actor, session.actor_name, settings.cpus_per_trial,
                          max_concurrent, resume=resume, trials=settings.trials or None, **session.stage_kwargs())
         best = leaderboard.best(rows)
-        summary["stages"][name] = {"method": stage.method, "scored": len(rows), "best": best}
+        failed = [r for r in rows if not leaderboard.is_ok(r)]
+        summary["stages"][name] = {"method": stage.method, "scored": len(rows) - len(failed), "failed": failed,
+                                   "best": best}
         if name == "teacher" and space.is_two_stage:
             teacher = leaderboard.pick_teacher(rows, stage.sweep.finalists)
             if teacher is None:
@@ -361,16 +366,21 @@ def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = Fal
 def reseed_best(out, seeds=(1, 2), address: str | None = None) -> list[dict]:
     """Re-run each stage's best config (by the downstream selection metric) with other seeds, so the
     report can give mean +- std over seeds. Re-runs already on the leaderboard are kept."""
-    from ray import tune
-
-    from .tuner import run_stage
-
     settings = _resolve(SweepJob(out=str(out)), resume=True)
     space = load_space(settings.space)
     stages = _resolve_metrics(_stages(space, settings), settings.data)
     board = leaderboard.read(out)
     if board.empty:
         raise SweepError(f"{out} has no scored trial yet; run or resume the sweep first")
+    with sweep_lock(settings.out):
+        return _reseed(settings.out, settings, space, stages, board, seeds, address)
+
+
+def _reseed(out, settings, space, stages, board, seeds, address) -> list[dict]:
+    from ray import tune
+
+    from .tuner import run_stage
+
     session = _start(settings, address)
     rows = []
     for name, stage in stages.items():
@@ -391,6 +401,8 @@ def _print_summary(out: str, summary: dict) -> None:
     print("\nsweep finished")
     for name, s in summary["stages"].items():
         b = s["best"]
+        for row in s.get("failed", []):
+            print(f"  {name:<20} trial {row['trial_id']} {row['status']}: {row['error']}")
         if b:
             test = {k: v for k, v in b.items() if k.startswith("tree_test_")}
             test_text = ", ".join(f"{k} {v:.4g}" for k, v in test.items())

@@ -12,6 +12,9 @@ and writes into ``<sweep>/report/`` (or ``out_dir``):
   report.md             the text below, also returned (the CLI prints it)
   metric_vs_trial.png   the primary downstream metric in scoring order, per method, with the running best
   methods.png           each method's best primary value (error bars where the best was re-seeded)
+  selection_vs_downstream.png  in-trial score and val_loss vs the downstream metric (Spearman's rho)
+  optuna_<stage>_*.png  Optuna's importances, parallel coordinates, slices, history (report_plots.py)
+  projector/            TensorBoard projector of the best checkpoint's embeddings
 
 Sections of the text:
 
@@ -22,6 +25,8 @@ Sections of the text:
 2. The best trials' downstream metrics side by side (rows: metrics, columns: methods), and their params.
 3. Optuna parameter importances (fANOVA, fixed seed) of the primary metric per stage with >= 3 scored
    trials whose params vary, using the stage's distributions from space.yaml.
+4. Failed and errored trials, each with its reason: a scoring that failed (status failed) or a
+   trial that ended in an error (status errored). They are kept out of everything above.
 
 Re-seeded rows repeat a finished config with another seed, so they are kept out of the trial counts,
 the choice of the best, the importances and the per-trial plot: they only measure seed noise.
@@ -39,6 +44,7 @@ import pandas as pd
 
 from .. import storage
 from ..evaluation import leaderboard
+from ..errors import ReportError  # noqa: F401  (re-exported)
 
 LEADERBOARD = leaderboard.FILE
 SPACE_FILE = "space.yaml"
@@ -48,10 +54,6 @@ IMPORTANCE_SEED = 0
 # Bookkeeping columns: everything else numeric on the leaderboard is a downstream metric.
 _NOT_METRICS = set(leaderboard.BOOKKEEPING) - {"val_loss", "selection_value"}
 _REQUIRED = ("trial_id", "method", "primary_value")
-
-
-class ReportError(ValueError):
-    """A sweep directory that cannot be reported on: one actionable line, exit code 2 in the CLI."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,18 +75,22 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
         return text
     sweep_dir = sweep_dir if storage.is_uri(sweep_dir) else Path(sweep_dir)
     out_dir = Path(target)
-    board = load_leaderboard(sweep_dir)
-    groups = summarize(board)
+    everything = load_leaderboard(sweep_dir)
+    ok = everything["status"].isin(["", leaderboard.OK])
+    board, failures = everything[ok].reset_index(drop=True), everything[~ok].reset_index(drop=True)
+    scored = []
+    if len(board):
+        groups = summarize(board)
+        scored = [*leaderboard_section(groups, board, sweep_dir), "", *metrics_section(groups), "",
+                  *importance_section(board, sweep_dir), "", *plots_section(board, groups, out_dir, sweep_dir)]
+    else:
+        scored = ["No trial was scored: every trial on the leaderboard failed or errored (below)."]
     text = "\n".join([
         f"# Sweep report: {sweep_dir}",
         "",
-        *leaderboard_section(groups, board, sweep_dir),
+        *scored,
         "",
-        *metrics_section(groups),
-        "",
-        *importance_section(board, sweep_dir),
-        "",
-        *plots_section(board, groups, out_dir),
+        *failures_section(failures),
     ]).rstrip() + "\n"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.md").write_text(text, encoding="utf-8")
@@ -117,15 +123,28 @@ def load_leaderboard(sweep_dir: Path) -> pd.DataFrame:
     if missing:
         raise ReportError(f"{path}: not a leaderboard (no column {missing[0]!r}); "
                           "it should be written by mlem-ray sweep")
-    defaults = {"stage": board["method"], "primary_metric": "primary", "primary_mode": "min",
+    defaults = {"stage": board["method"], "primary_metric": "primary", "primary_mode": "min", "status": "ok",
+                "error": "",
                 "reseed_of": "", "params": "{}", "seed": 0, "scored_at": np.arange(len(board), dtype=float)}
     for column, value in defaults.items():
         if column not in board.columns:
             board[column] = value
     board["reseed_of"] = board["reseed_of"].fillna("").astype(str)
+    board["status"] = board["status"].fillna("ok").astype(str)
+    board["error"] = board["error"].fillna("").astype(str)
     board["trial_id"] = board["trial_id"].astype(str)
     board["primary_value"] = pd.to_numeric(board["primary_value"], errors="coerce")
     return board.reset_index(drop=True)
+
+
+def failures_section(failures: pd.DataFrame) -> list[str]:
+    """One line per failed or errored trial with its reason; nothing when there is none."""
+    if failures.empty:
+        return []
+    lines = [f"## Failed and errored trials ({len(failures)})", ""]
+    for r in failures.to_dict("records"):
+        lines.append(f"- {r['stage']} {r['trial_id']} ({r['method']}): {r['status']}: {r['error'] or 'no reason recorded'}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,11 +403,24 @@ def _cast(param_spec, value):
 # plots
 
 
-def plots_section(board: pd.DataFrame, groups: list[MethodSummary], out_dir: Path) -> list[str]:
+def plots_section(board: pd.DataFrame, groups: list[MethodSummary], out_dir: Path, sweep_dir: Path | None = None) -> list[str]:
+    from . import report_plots
+
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [plot_metric_vs_trial(board, out_dir / "metric_vs_trial.png"),
              plot_methods(groups, out_dir / "methods.png")]
-    return ["## Plots", ""] + [f"- {p}" for p in paths]
+    lines = ["## Plots", ""] + [f"- {p}" for p in paths]
+    lines += ["", "## Does the in-trial score agree with the downstream score?", ""]
+    lines += report_plots.selection_scatter(board, out_dir / "selection_vs_downstream.png", _figure)
+    if sweep_dir is None:
+        return lines
+    lines += ["", "## Optuna's view of each stage's study (value: the in-trial score)", ""]
+    lines += report_plots.optuna_plots(sweep_dir, out_dir)
+    state = storage.join(sweep_dir, "sweep.json")
+    data = json.loads(storage.read_text(state)).get("data") if storage.exists(state) else None
+    lines += ["", "## Embeddings of the best checkpoint (TensorBoard projector)", ""]
+    lines += report_plots.projector(board, out_dir, data)
+    return lines
 
 
 def _figure(width=7.0, height=4.0):

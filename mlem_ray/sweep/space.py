@@ -73,6 +73,7 @@ import yaml
 from mlem_ray.config import METHODS, Config, ConfigError, make_config
 from mlem_ray.evaluation.selection import METRICS as SELECTION_METRICS
 from mlem_ray.evaluation.selection import REPORTED
+from ..errors import SpaceError  # noqa: F401  (re-exported)
 
 PARAM_TYPES = ("float", "log_float", "int", "categorical")
 _DIST_KEYS = ("type", "low", "high", "log", "step", "choices")
@@ -92,10 +93,6 @@ _RESERVED = {
 FROM_TEACHER = {
     "objective.teacher": "the teacher checkpoint comes from stage 1",
 }
-
-
-class SpaceError(ValueError):
-    """A bad search-space file: one line naming the file and the key."""
 
 
 # Keys that change the scale of the training loss, or the task its validation value measures: a
@@ -255,8 +252,9 @@ class StageSpace:
         """This stage with its selection metric chosen (see StageSweep.resolved)."""
         return dataclasses.replace(self, sweep=self.sweep.resolved(default_metric))
 
-    def searcher(self, seed: int | None = None):
-        """A seeded ``OptunaSearch`` over this stage's params: multivariate TPE, or random sampling."""
+    def searcher(self, seed: int | None = None, storage=None, study_name: str | None = None):
+        """A seeded ``OptunaSearch`` over this stage's params: multivariate TPE, or random sampling.
+        `storage`/`study_name`: where the study lives (sweep/optuna_storage.py); default in memory."""
         from ray.tune.search.optuna import OptunaSearch
 
         seed = self.sweep.seed if seed is None else seed
@@ -265,7 +263,7 @@ class StageSpace:
             sampler = (optuna.samplers.TPESampler(seed=seed, multivariate=True) if self.sweep.search == "tpe"
                        else optuna.samplers.RandomSampler(seed=seed))
         return OptunaSearch(space=self.optuna_space(), metric=self.sweep.reported_metric, mode=self.sweep.mode,
-                            sampler=sampler)
+                            sampler=sampler, storage=storage, study_name=study_name)
 
 
 @dataclass(frozen=True)

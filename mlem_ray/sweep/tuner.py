@@ -7,7 +7,6 @@ from `Callback.on_trial_complete` (it fires for early-stopped trials too).
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +14,11 @@ import ray
 from ray import tune
 
 from .. import storage
+from ..evaluation import leaderboard
 from ..training.loop import Runtime, resolve_device, train
+from . import optuna_storage, trackers as tracking
 from .space import StageSpace
+from .tensorboard import CurvesOnly
 
 # Tune and TensorBoard want flat scalar metrics.
 _REPORTED_KINDS = (int, float)
@@ -72,14 +74,16 @@ def run_trial(sampled: dict, settings: TrialSettings) -> None:
                         name=tune.get_context().get_trial_id(), cpus_per_worker=settings.cpus_per_worker,
                         callbacks=[TuneReportCallback()])
         return
-    resume = None
+    reporter = TuneReporter(settings.stage.sweep.reported_metric)
+    runtime = Runtime(device=resolve_device(cfg.train.device))
     checkpoint = tune.get_checkpoint()  # set when Tune restores an interrupted trial
-    if checkpoint is not None:
-        resume = checkpoint.to_directory()
-    train(cfg, TuneReporter(settings.stage.sweep.reported_metric), Runtime(device=resolve_device(cfg.train.device)),
-          resume=resume)
-    if resume:
-        shutil.rmtree(resume, ignore_errors=True)
+    if checkpoint is None:
+        train(cfg, reporter, runtime)
+        return
+    # The checkpoint in place on local or shared storage (a temporary copy, removed on exit, only
+    # where it lives elsewhere): restarts leave nothing behind.
+    with checkpoint.as_directory() as resume:
+        train(cfg, reporter, runtime, resume=resume)
 
 
 class ScoreOnComplete(tune.Callback):
@@ -168,11 +172,15 @@ def submit(actor, trial_id, config, found, stage, method, swept, metric, mode, r
 
 def run_stage(name: str, stage: StageSpace, out: str, fixed: dict, actor, actor_name: str, cpus_per_trial: float,
               max_concurrent: int, resume: bool, trials: int | None = None, param_space: dict | None = None,
-              reseed_of: str = "", row_stage: str = "", workers: int = 1, gpus_per_worker: float = 0.0) -> list[dict]:
+              reseed_of: str = "", row_stage: str = "", workers: int = 1, gpus_per_worker: float = 0.0,
+              trackers: tuple = ()) -> list[dict]:
     """Run (or resume) one stage's Tune experiment in `out/name` (`out`: a path or an object-store
-    URI, through storage.ray_storage) and wait until every completed
-    trial is on the leaderboard. -> the stage's leaderboard rows. `param_space` replaces the search
-    (used to re-run one config with other seeds; its rows are labelled `row_stage`)."""
+    URI, through storage.ray_storage) and wait until every completed trial is on the leaderboard.
+    -> the stage's leaderboard rows (errored and failed ones included: see leaderboard.is_ok).
+    `param_space` replaces the search (used to re-run one config with other seeds; its rows are
+    labelled `row_stage`). The search's Optuna study is kept in the sweep directory (on object
+    storage: in storage.driver_dir; sweep/optuna_storage.py); `trackers`: mlflow, wandb
+    (sweep/trackers.py)."""
     row_stage = row_stage or name
     settings = TrialSettings(stage, dict(fixed), cpus_per_trial, workers, gpus_per_worker,
                              train_storage=storage.join(out, f"{name}_train"))
@@ -189,7 +197,9 @@ def run_stage(name: str, stage: StageSpace, out: str, fixed: dict, actor, actor_
     if resume and tune.Tuner.can_restore(restore_at, **fs):
         tuner = tune.Tuner.restore(restore_at, trainable=trainable, resume_unfinished=True, resume_errored=True, **fs)
     else:
-        storage.delete(experiment)  # a stage interrupted before Tune saved any state
+        if storage.is_dir(experiment):
+            storage.delete(experiment)  # a stage interrupted before Tune saved any state
+            optuna_storage.delete_study(out, name)  # and the trials it had asked for
         sweep = stage.sweep
         # Inline trials all ask for the same resources, so one trial process can run the next trial:
         # that saves a process start and the torch import per trial (seconds on a small machine).
@@ -200,12 +210,15 @@ def run_stage(name: str, stage: StageSpace, out: str, fixed: dict, actor, actor_
                                                        grace_period=sweep.grace_period,
                                                        reduction_factor=sweep.reduction_factor)
                          if sweep.scheduler == "asha" else None)
-            tune_config = tune.TuneConfig(search_alg=stage.searcher(), scheduler=scheduler,
+            searcher = stage.searcher(storage=optuna_storage.study_storage(out), study_name=name)
+            optuna_storage.name_objective(out, name, metric)
+            tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                           num_samples=trials or sweep.trials, **common)
         else:
             tune_config = tune.TuneConfig(num_samples=1, **common)
         run_config = tune.RunConfig(
-            name=name, **where, callbacks=[callback], verbose=1,
+            name=name, **where, verbose=1,
+            callbacks=[callback, CurvesOnly(), *tracking.callbacks(trackers, out, row_stage)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
                                                     checkpoint_score_order=mode),
             failure_config=tune.FailureConfig(max_failures=1),
@@ -217,17 +230,36 @@ def run_stage(name: str, stage: StageSpace, out: str, fixed: dict, actor, actor_
     # and it runs calls in order, so these refs resolve once everything before them is scored.
     refs = []
     for result in grid:
-        if result.error is not None:
+        trial_id = result.metrics.get("trial_id") or storage.name(result.path)
+        if result.error is not None:  # listed with its reason (the report shows it), never ranked
+            params = {k: result.config[k] for k in swept if k in result.config}
+            refs.append(actor.record_error.remote(trial_id, row_stage, stage.method, leaderboard.reason(result.error),
+                                                  params, int(result.config.get("train.seed", 0)), reseed_of))
             continue
         kept = sorted(result.best_checkpoints or [], key=lambda cm: _score_key(metric, mode)(cm[1]))
         found = (storage.uri_of(kept[0][0].filesystem, kept[0][0].path), dict(kept[0][1])) if kept else None
         if found is None and result.metrics_dataframe is not None:
             found = best_reported(result.metrics_dataframe.to_dict("records"), metric, mode, str(out))
         if found is not None:
-            refs.append(submit(actor, result.metrics.get("trial_id") or storage.name(result.path), result.config,
-                               found, row_stage, stage.method, swept, metric, mode, reseed_of,
-                               in_store(str(out), result.path)))
-    return ray.get(refs)
+            refs.append(submit(actor, trial_id, result.config, found, row_stage, stage.method, swept, metric, mode,
+                               reseed_of, in_store(str(out), result.path)))
+    rows = _gather(refs)
+    optuna_storage.close_stale_trials(out, name)
+    tracking.log_downstream(trackers, out, row_stage, [r for r in rows if leaderboard.is_ok(r)])
+    return rows
+
+
+def _gather(refs) -> list[dict]:
+    """The actor's answers; a call whose scoring killed the actor's process on every retry is left
+    out (its trial has no row; a resumed sweep scores it again) rather than ending the stage."""
+    rows = []
+    for ref in refs:
+        try:
+            rows.append(ray.get(ref))
+        except ray.exceptions.RayActorError as e:
+            print(f"scoring a trial failed: the evaluation actor died on every retry ({leaderboard.reason(e)})",
+                  flush=True)
+    return rows
 
 
 def _trial_dirname(trial) -> str:

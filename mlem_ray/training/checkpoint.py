@@ -17,12 +17,9 @@ import yaml
 
 from ..config import Config, ConfigError
 from ..data.schema import DataError, Schema
+from ..errors import CheckpointError  # noqa: F401  (re-exported)
 
 FORMAT = 1
-
-
-class CheckpointError(ValueError):
-    """A missing, unreadable or incompatible checkpoint: one line, exit code 2."""
 
 
 @dataclass

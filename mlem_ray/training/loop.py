@@ -19,11 +19,9 @@ from torch import nn
 from ..config import Config
 from ..data.batching import FullCollator, SequenceDataset, SliceCollator, SliceSampler
 from ..data.prepared import EventSequences
+from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, ResourceError
+from .accel import Precision, prefetch
 from .checkpoint import check_schema, load_checkpoint, load_encoder, save_checkpoint
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced NaN or inf; the last good checkpoint is left as it was."""
 
 
 class Reporter(Protocol):
@@ -40,6 +38,7 @@ class Runtime:
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m
+    progress: bool = False  # a tqdm bar per epoch (on a terminal only; the reporter prints the epoch line)
 
     @property
     def is_main(self) -> bool:
@@ -49,9 +48,35 @@ class Runtime:
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ValueError("train.device=cuda but torch sees no GPU; use train.device=auto or cpu")
+            raise ResourceError("train.device=cuda but torch sees no GPU here; use train.device=auto or cpu")
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def preflight(cfg: Config, seqs: EventSequences | None = None, local_device: bool = True) -> EventSequences:
+    """Refuse, before anything is written or trained, a config this data set or machine cannot run:
+    no GPU for train.device=cuda, a supervised run without targets, an MLEM run without a usable
+    teacher, too few training sequences. `local_device`: the run uses this machine's device (a Ray
+    Train worker gets its own). -> the opened data set."""
+    if local_device:
+        resolve_device(cfg.train.device)
+    seqs = seqs or EventSequences.open(cfg.data.path)
+    supervised = cfg.objective.method == "supervised"
+    if supervised and (seqs.targets is None or not seqs.schema.task):
+        raise DataError(f"--method supervised needs a data set with targets; {seqs.path} has none "
+                        "(pass --targets to `mlem-ray data ingest`)")
+    if cfg.objective.method == "mlem":
+        if not cfg.objective.teacher:
+            raise ConfigError("MLEM needs a teacher: pass --teacher CKPT (a CoLES checkpoint of the same data)")
+        teacher = load_checkpoint(cfg.objective.teacher)
+        check_schema(teacher, seqs.schema)
+        if teacher.config.objective.method != "coles":
+            raise CheckpointError(
+                f"teacher {cfg.objective.teacher} was trained with {teacher.config.objective.method!r}, not coles")
+    train_rows = seqs.labelled("train") if supervised else seqs.indices("train")
+    if len(train_rows) < 2:
+        raise DataError(f"the training split of {seqs.path} has {len(train_rows)} usable sequences; too few to train")
+    return seqs
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -83,8 +108,11 @@ def _batches(seqs, rows, kind, cfg: Config, runtime: Runtime, shuffle: bool, max
     )
     sampler = EpochSampler(len(rows), shuffle, cfg.train.seed, runtime.rank, runtime.world_size)
     # Equal batch counts and sizes on every rank (collectives in the losses need both).
+    # On a GPU the loader pins each batch, so the loop's non_blocking copies are asynchronous.
     loader = torch.utils.data.DataLoader(SequenceDataset(seqs, rows), batch_size=batch_size, sampler=sampler,
-                                         collate_fn=collate, drop_last=runtime.world_size > 1 and shuffle)
+                                         collate_fn=collate, drop_last=runtime.world_size > 1 and shuffle,
+                                         num_workers=cfg.train.loader_workers,
+                                         pin_memory=runtime.device.type == "cuda")
     return loader, sampler, collate
 
 
@@ -128,16 +156,8 @@ def build_training_objective(cfg: Config, seqs: EventSequences, max_len: int, de
     from ..objectives import build_objective
 
     teacher = None
-    if cfg.objective.method == "mlem":
-        if not cfg.objective.teacher:
-            raise ValueError("MLEM needs a teacher: pass --teacher CKPT (a CoLES checkpoint of the same data)")
-        teacher, teacher_ckpt = load_encoder(cfg.objective.teacher, seqs.schema, device)
-        if teacher_ckpt.config.objective.method != "coles":
-            from .checkpoint import CheckpointError
-
-            raise CheckpointError(
-                f"teacher {cfg.objective.teacher} was trained with {teacher_ckpt.config.objective.method!r}, not coles"
-            )
+    if cfg.objective.method == "mlem":  # preflight() has checked the teacher
+        teacher, _ = load_encoder(cfg.objective.teacher, seqs.schema, device)
     train_targets = seqs.targets[seqs.indices("train")] if seqs.targets is not None else None
     return build_objective(cfg, seqs.schema, max_len, teacher, train_targets).to(device)
 
@@ -152,27 +172,31 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
-    seqs = EventSequences.open(cfg.data.path)
+    seqs = preflight(cfg, local_device=False)  # the runtime already holds the device
     max_len = cfg.data.max_len or seqs.schema.max_len
     objective = build_training_objective(cfg, seqs, max_len, runtime.device)
     kind = objective.batch_kind
     supervised = cfg.objective.method == "supervised"
     train_rows = seqs.labelled("train") if supervised else seqs.indices("train")
     val_rows = seqs.labelled("val") if supervised else seqs.indices("val")
-    if len(train_rows) < cfg.data.batch_size * runtime.world_size and len(train_rows) < 2:
-        raise ValueError(f"the training split has {len(train_rows)} usable sequences; too few to train")
     train_loader, train_sampler, train_collate = _batches(seqs, train_rows, kind, cfg, runtime, True, max_len)
     val_loader, _, val_collate = _batches(seqs, val_rows, kind, cfg, runtime, False, max_len) if len(val_rows) else (None, None, None)
 
     steps_per_epoch = len(train_loader) if not cfg.train.steps_per_epoch else min(cfg.train.steps_per_epoch, len(train_loader))
     model = runtime.prepare_model(objective)
+    # Every rank built the same initial weights from train.seed; from here on randomness (dropout)
+    # should differ between ranks, or they all drop the same units. Rank 0 keeps its stream, so a
+    # single-process run is unchanged.
+    if runtime.rank:
+        torch.manual_seed(cfg.train.seed + runtime.rank)
     # Decoupled weight decay (AdamW). With Adam's L2 term, a parameter whose loss gradient is near
     # zero is pulled to zero at about lr per step, because Adam normalises the decay term like any
     # gradient: on Pendulum the generative encoder's GRU weights fell from 0.044 to 0.0005 (mean |w|)
     # within two epochs and its embedding ended up worse than a random encoder's.
     optimizer = torch.optim.AdamW(_param_groups(objective, cfg.optim.weight_decay), lr=cfg.optim.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.train.epochs * steps_per_epoch))
-    start_epoch, best_val = 0, math.inf
+    precision = Precision(cfg.train.precision, runtime.device)
+    start_epoch, best_val, cpu_spent = 0, math.inf, 0.0
     if resume:
         ckpt = load_checkpoint(resume, map_location=runtime.device)
         check_schema(ckpt, seqs.schema)
@@ -180,9 +204,11 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
         trainer_state = ckpt.state["trainer"]
         optimizer.load_state_dict(trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
-        torch.set_rng_state(trainer_state["torch_rng"])
+        precision.load_state_dict(trainer_state.get("grad_scaler"))
+        _restore_rng(trainer_state, cfg, runtime)
         start_epoch = int(trainer_state["epoch"]) + 1
         best_val = float(trainer_state["best_val"])
+        cpu_spent = float(trainer_state.get("cpu_spent", 0.0))  # the budget counts the run, not this process
 
     scorer = None
     if cfg.train.selection != "none" and runtime.is_main:  # Tune sees rank 0's metrics only
@@ -193,7 +219,7 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
     selection: dict = dict(trainer_state.get("selection", {})) if resume else {}
 
     metrics: dict = {}
-    cpu_start = time.process_time()
+    cpu_start = time.process_time() - cpu_spent
     out_of_budget = False
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
@@ -202,7 +228,10 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
             train_collate.set_epoch(epoch)
         model.train()
         sums: dict[str, float] = {}
-        for step, batch in enumerate(train_loader):
+        # The prefetch generator is closed (its thread joined) when the epoch's loop ends.
+        source = prefetch(train_loader, cfg.train.prefetch)
+        batches = _progress(source, steps_per_epoch, epoch, runtime)
+        for step, batch in enumerate(batches):
             if step >= steps_per_epoch:
                 break
             if cfg.train.budget_cpu_s:
@@ -213,7 +242,8 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
             if on_batch is not None:
                 batch = on_batch(epoch, step, batch)
             batch = batch.to(runtime.device, non_blocking=True)
-            out = model(batch)
+            with precision.autocast():
+                out = model(batch)
             loss = out["loss"]
             finite = torch.isfinite(loss).to(torch.float64)
             if runtime.world_size > 1:
@@ -225,14 +255,15 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
                     f"checkpoint is kept. Lower optim.lr, check the data for extreme values, or keep optim.clip_grad on"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.clip_grad:
-                nn.utils.clip_grad_norm_(objective.parameters(), cfg.optim.clip_grad)
-            optimizer.step()
+            precision.backward_step(loss, optimizer, objective.parameters(), cfg.optim.clip_grad)
             scheduler.step()
             _accumulate(sums, out, len(batch))
+        if batches is not source:
+            batches.close()
+        source.close()  # join the prefetch thread before the next epoch moves the collator on
         train_metrics = _mean_metrics(sums, "train", runtime)
-        val_metrics = _validate(model, val_loader, val_collate, kind, runtime)
+        with precision.autocast():
+            val_metrics = _validate(model, val_loader, val_collate, kind, runtime)
         val_loss = val_metrics.get("val_loss", train_metrics.get("train_loss", math.nan))
         improved = val_loss < best_val
         best_val = min(best_val, val_loss)
@@ -244,21 +275,65 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
                    "epoch_seconds": time.perf_counter() - t0, **train_metrics, **val_metrics,
                    "is_best": bool(improved), **selection}
         checkpoint_dir = None
+        rng = _rng_states(runtime) if scored else None  # every rank's, gathered on every rank
         # Between scored epochs the selection values are the last scored epoch's; a checkpoint there
         # would be ranked by a score that is not its own, so only scored epochs carry one.
         if runtime.is_main and scored:
             checkpoint_dir = Path(tempfile.mkdtemp(prefix="mlem_ray_ckpt_")) / "checkpoint"
             trainer_state = {"epoch": epoch, "best_val": best_val, "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                             "max_len": max_len, "selection": selection}
-            save_checkpoint(checkpoint_dir, cfg, seqs.schema, objective.encoder.state_dict(),
-                            objective.state_dict(), trainer_state, metrics)
-        reporter.report(metrics, checkpoint_dir)
-        if checkpoint_dir is not None and checkpoint_dir.exists():
-            shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
+                             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "rng": rng,
+                             "cpu_spent": time.process_time() - cpu_start, "max_len": max_len,
+                             "selection": selection, "grad_scaler": precision.state_dict()}
+        try:
+            if checkpoint_dir is not None:
+                save_checkpoint(checkpoint_dir, cfg, seqs.schema, objective.encoder.state_dict(),
+                                objective.state_dict(), trainer_state, metrics)
+            reporter.report(metrics, checkpoint_dir)
+        finally:  # the reporter has copied or moved it; nothing is left in the temp dir, even on error
+            if checkpoint_dir is not None:
+                shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
         if out_of_budget:
             break
     return metrics
+
+
+def _progress(loader, steps: int, epoch: int, runtime: Runtime):
+    """The epoch's batches, behind a progress bar when asked for and stderr is a terminal (tqdm's
+    disable=None); elsewhere (logs, Tune trials) the reporter's one line per epoch is the record."""
+    if not (runtime.progress and runtime.is_main):
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, total=steps, desc=f"epoch {epoch}", unit="step", leave=False, disable=None)
+
+
+def _rng_states(runtime: Runtime) -> list[dict]:
+    """The RNG states of every rank (torch CPU, and CUDA when training on a GPU), in rank order,
+    so that a resumed run continues each rank's own stream. A collective: every rank calls it."""
+    mine = {"torch": torch.get_rng_state()}
+    if runtime.device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(runtime.device)
+    if runtime.world_size == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    states: list = [None] * runtime.world_size
+    dist.all_gather_object(states, mine)
+    return [{k: v.cpu() for k, v in s.items()} for s in states]
+
+
+def _restore_rng(trainer_state: dict, cfg: Config, runtime: Runtime) -> None:
+    """Put back this rank's RNG streams. With another number of ranks than the checkpoint's, rank 0
+    continues rank 0's stream and the others start fresh from seed + rank + epoch."""
+    states = trainer_state.get("rng") or [{"torch": trainer_state["torch_rng"]}]
+    same_ranks = len(states) == runtime.world_size
+    if same_ranks or runtime.rank == 0:
+        mine = states[runtime.rank if same_ranks else 0]
+        torch.set_rng_state(mine["torch"].cpu())
+        if runtime.device.type == "cuda" and "cuda" in mine:
+            torch.cuda.set_rng_state(mine["cuda"].cpu(), runtime.device)
+    else:
+        torch.manual_seed(cfg.train.seed + runtime.rank + 1000 * (int(trainer_state["epoch"]) + 1))
 
 
 @torch.no_grad()
@@ -270,7 +345,7 @@ def _validate(model, loader, collate, kind, runtime: Runtime) -> dict:
     model.eval()
     sums: dict[str, float] = {}
     for batch in loader:
-        _accumulate(sums, model(batch.to(runtime.device)), len(batch))
+        _accumulate(sums, model(batch.to(runtime.device, non_blocking=True)), len(batch))
     return _mean_metrics(sums, "val", runtime)
 
 

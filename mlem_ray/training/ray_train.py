@@ -34,12 +34,23 @@ def ranking_metric(cfg: Config) -> tuple[str, str]:
 
 
 class TrainReporter:
-    """Non-finite values are left out, except the ranking metric (Tune needs it in every result)."""
+    """Non-finite values are left out, except the ranking metric (Tune needs it in every result).
+    With `log_dir`, rank 0 also writes each epoch there as a local run does (metrics.jsonl and
+    TensorBoard scalars): live, and every epoch of every attempt (after a worker restart, the
+    Train result's own metrics hold only the last attempt's). `log_dir` must be visible to rank 0,
+    as the Train run's storage already must be."""
 
-    def __init__(self, metric: str = "val_loss"):
+    def __init__(self, metric: str = "val_loss", log_dir: str | None = None):
         self.metric = metric
+        self.log = None
+        if log_dir and ray.train.get_context().get_world_rank() == 0:
+            from .local import EpochLog
+
+            self.log = EpochLog(log_dir)
 
     def report(self, metrics: dict, checkpoint: Path | None) -> None:
+        if self.log is not None:
+            self.log.write(metrics)
         flat = {k: (int(v) if isinstance(v, bool) else float(v)) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and (not isinstance(v, float) or math.isfinite(v) or k == self.metric)}
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint is not None else None
@@ -71,16 +82,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     runtime = Runtime(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), device=device,
                       prepare_model=lambda m: ray.train.torch.prepare_model(m, move_to_device=False))
-    resume = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        resume = checkpoint.to_directory()
-    elif loop_config.get("resume"):
-        resume = loop_config["resume"]
     hook = None
     if loop_config.get(FAIL_ONCE_MARKER) is not None:
         hook = _fail_once(loop_config["marker_dir"], loop_config[FAIL_ONCE_MARKER])
-    train(cfg, TrainReporter(ranking_metric(cfg)[0]), runtime, resume=resume, on_batch=hook)
+    reporter = TrainReporter(ranking_metric(cfg)[0], loop_config.get("log_dir"))
+    checkpoint = ray.train.get_checkpoint()  # set when Train restarts the group after a failure
+    if checkpoint is None:
+        train(cfg, reporter, runtime, resume=loop_config.get("resume"), on_batch=hook)
+        return
+    # In place on shared storage; a temporary copy (removed on exit) only where it lives elsewhere.
+    with checkpoint.as_directory() as resume:
+        train(cfg, reporter, runtime, resume=resume, on_batch=hook)
 
 
 def run_distributed(cfg: Config, workers: int, gpus_per_worker: float, storage, name: str,

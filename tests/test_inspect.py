@@ -1,0 +1,238 @@
+"""A finished two-stage sweep seen through the ecosystem's own tools: TensorBoard's HParams data API
+(a real `tensorboard` server), `optuna.load_study` on the sweep's journal, an MLflow file store, and
+the report's plots. One tiny sweep (2 + 2 trials) serves every test of the module."""
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import make_pendulum
+
+ray = pytest.importorskip("ray")
+optuna = pytest.importorskip("optuna")
+
+from mlem_ray.evaluation.leaderboard import read as read_leaderboard  # noqa: E402
+from mlem_ray.sweep import optuna_storage  # noqa: E402
+from mlem_ray.sweep.pipeline import SweepJob, run_sweep  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+SPACE = {
+    "stages": {
+        "teacher": {
+            "method": "coles",
+            "sweep": {"trials": 2, "scheduler": "none", "epochs": 1, "finalists": 2},
+            "params": {"optim.lr": {"type": "log_float", "low": 1e-3, "high": 1e-2},
+                       "objective.margin": {"type": "float", "low": 0.3, "high": 1.0}, "model.hidden": 16,
+                       "data.batch_size": 16, "data.slice_min": 5, "data.slice_max": 20, "train.steps_per_epoch": 2},
+        },
+        "mlem": {
+            "method": "mlem",
+            "sweep": {"trials": 2, "scheduler": "none", "epochs": 1, "finalists": 1},
+            "params": {"objective.w_align": {"type": "log_float", "low": 1.0, "high": 100.0}, "model.hidden": 16,
+                       "model.decoder_width": {"type": "int", "low": 16, "high": 32, "step": 16},
+                       "model.decoder_layers": 1, "data.batch_size": 16, "train.steps_per_epoch": 2},
+        },
+    }
+}
+SWEPT = {"optim.lr", "objective.margin", "objective.w_align", "model.decoder_width"}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inspect")
+    data = make_pendulum(root / "data", 200, seed=3)
+    space = root / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    trackers = [name for name in ("mlflow", "wandb") if _installed(name)]  # optional extras
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="mlem_ray")
+    try:
+        run_sweep(SweepJob(out=str(root / "sweep"), data=str(data), space=str(space), folds=2, trackers=trackers))
+    finally:
+        ray.shutdown()
+    return root / "sweep"
+
+
+def _installed(name):
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url, body):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_tensorboard_hparams_one_group_per_trial_with_every_stage_key(sweep):
+    board = read_leaderboard(sweep)
+    assert len(board) == 4
+    port = _free_port()
+    tb = subprocess.Popen([str(Path(sys.executable).with_name("tensorboard")), "--logdir", str(sweep),
+                           "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/data/plugin/hparams"
+    request = {"experimentName": "", "startIndex": 0, "sliceSize": 100,
+               "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]}
+    try:
+        groups, deadline = [], time.time() + 90
+        while time.time() < deadline:
+            try:
+                groups = _post(f"{base}/session_groups", request).get("sessionGroups", [])
+                if len(groups) >= len(board):
+                    break
+            except OSError:
+                pass  # not listening yet
+            time.sleep(1)
+        experiment = _post(f"{base}/experiment", {"experimentName": ""})
+    finally:
+        tb.terminate()
+        tb.wait(timeout=20)
+    columns = {h["name"] for h in experiment["hparamInfos"]}
+    assert SWEPT | {"stage", "method"} <= columns, columns
+    metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
+    assert {"trial/probe_score", "trial/val_loss", "downstream/tree_cv_mse_mean", "downstream/tree_test_r2"} <= metrics
+    # one session group per trial (not Tune's extra row), each with the stage's swept values and
+    # the in-trial and downstream metrics
+    assert sorted(g["name"] for g in groups) == sorted(board["trial_id"])
+    for g in groups:
+        row = board[board["trial_id"] == g["name"]].iloc[0]
+        assert g["hparams"]["stage"] == row["stage"] and g["hparams"]["method"] == row["method"]
+        for key, value in json.loads(row["params"]).items():
+            assert math.isclose(g["hparams"][key], value), key
+        values = {m["name"]["tag"]: m["value"] for m in g["metricValues"]}
+        assert math.isclose(values["downstream/tree_cv_mse_mean"], row["tree_cv_mse_mean"], rel_tol=1e-6)
+        assert math.isclose(values["trial/val_loss"], row["val_loss"], rel_tol=1e-6)
+        assert math.isclose(values["trial/probe_score"], row["selection_value"], rel_tol=1e-6)
+
+
+def test_each_stage_study_opens_with_optuna_load_study(sweep):
+    board = read_leaderboard(sweep)
+    storage = optuna_storage.study_storage(sweep)
+    assert sorted(optuna_storage.study_names(sweep)) == ["mlem", "teacher"]
+    for stage in ("teacher", "mlem"):
+        study = optuna.load_study(study_name=stage, storage=storage)
+        trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        rows = board[board["stage"] == stage]
+        assert len(trials) == len(rows) == len(study.trials) == 2
+        row_params = [json.loads(p) for p in rows["params"]]
+        for t in trials:  # each Optuna trial is one of the stage's Tune trials
+            assert any(set(t.params) == set(p) and all(math.isclose(t.params[k], p[k]) for k in p) for p in row_params)
+        assert all(math.isfinite(t.value) for t in trials)
+        assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # probe_score: higher is better
+
+
+def test_mlflow_store_holds_one_run_per_trial_with_downstream_scores(sweep):
+    mlflow = pytest.importorskip("mlflow")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
+    board = read_leaderboard(sweep)
+    for stage in ("teacher", "mlem"):
+        experiment = client.get_experiment_by_name(f"{sweep.name}-{stage}")
+        runs = client.search_runs([experiment.experiment_id])
+        rows = board[board["stage"] == stage]
+        assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(rows["trial_id"])
+        for run in runs:
+            row = rows[rows["trial_id"] == run.data.tags["trial_id"]].iloc[0]
+            for key in json.loads(row["params"]):
+                assert key in run.data.params
+            assert "val_loss" in run.data.metrics and "probe_score" in run.data.metrics
+            assert math.isclose(run.data.metrics["downstream/tree_cv_mse_mean"], row["tree_cv_mse_mean"], rel_tol=1e-6)
+
+
+def _wait_json(url, timeout=60):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return json.loads(r.read())
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(1)
+
+
+def test_optuna_dashboard_lists_every_stage_study(sweep):
+    pytest.importorskip("optuna_dashboard")
+    port = _free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("optuna-dashboard")), str(optuna_storage.path(sweep)),
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        studies = _wait_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
+        details = {s["study_name"]: _wait_json(f"http://127.0.0.1:{port}/api/studies/{s['study_id']}?after=0")
+                   for s in studies}
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert sorted(details) == ["mlem", "teacher"]
+    for detail in details.values():
+        assert detail["directions"] == ["maximize"] and len(detail["trials"]) == 2
+        assert all(t["state"] == "Complete" and len(t["values"]) == 1 for t in detail["trials"])
+
+
+def test_report_writes_optuna_plots_selection_scatter_and_projector(sweep):
+    from mlem_ray.sweep.report import build_report
+
+    text = build_report(sweep)
+    out = sweep / "report"
+    for stage in ("teacher", "mlem"):
+        for kind in ("parallel_coordinate", "slice", "optimization_history"):
+            assert (out / f"optuna_{stage}_{kind}.png").stat().st_size > 5000, (stage, kind, text)
+    assert (out / "selection_vs_downstream.png").stat().st_size > 5000
+    assert "teacher: probe_score rho" in text and "teacher: val_loss rho" in text
+    projector = out / "projector"
+    config = (projector / "projector_config.pbtxt").read_text()
+    best = read_leaderboard(sweep).query("stage == 'mlem'").sort_values("primary_value").iloc[0]
+    assert f"mlem_{best['trial_id']}" in config
+    metadata = next(projector.rglob("metadata.tsv")).read_text().splitlines()
+    vectors = next(projector.rglob("tensors.tsv")).read_text().splitlines()
+    assert metadata[0].split("\t") == ["id", "split", "L"] and len(metadata) - 1 == len(vectors) > 10
+    assert len(vectors[0].split("\t")) == 16  # model.hidden
+
+
+def test_spearman_is_the_rank_correlation_over_finite_pairs():
+    from mlem_ray.sweep.report_plots import spearman
+
+    rho, n = spearman([1, 2, 3, 4, float("nan")], [10, 20, 30, 45, 1])
+    assert (rho, n) == (1.0, 4)
+    assert spearman([1, 2, 3], [3, 2, 1]) == (-1.0, 3)
+    assert math.isnan(spearman([1, 2], [2, 1])[0])
+
+
+def test_wandb_offline_run_per_trial_holds_its_curves_and_downstream_scores(sweep):
+    pytest.importorskip("wandb")
+    board = read_leaderboard(sweep)
+    for trial in board["trial_id"]:
+        # the trial's own run (Tune's WandbLoggerCallback), then the downstream scores resumed into
+        # the same run id; `wandb sync` uploads both into one run
+        runs = sorted((sweep / "wandb").glob(f"offline-run-*-{trial}"))
+        records = [next(r.glob("*.wandb")).read_bytes() for r in runs]
+        assert any(b"val_loss" in rec for rec in records), trial
+        assert any(b"downstream/tree_cv_mse_mean" in rec for rec in records), trial
+
+
+def test_a_tracker_that_is_not_installed_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from mlem_ray.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    code = main(["sweep", "--out", str(tmp_path / "s"), "--tracker", "wandb"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == ("mlem-ray sweep: error: --tracker wandb: wandb is not installed; "
+                                         "pip install 'mlem_ray[wandb]'")
+    assert not (tmp_path / "s").exists()
