@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # whereas an unpinned requirement would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test cluster-test clean
+.PHONY: venv demo test install-test cluster-test clean
 
 $(BIN)/mlem-ray: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,8 +20,12 @@ venv: $(BIN)/mlem-ray
 demo: venv
 	$(BIN)/mlem-ray sweep --out runs/demo $(if $(wildcard runs/demo/sweep.json),--resume,)
 
+# The install test (a fresh venv + pip install, 12 to 27 minutes) is left out: `make install-test`.
 test: venv
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not install" tests
+
+install-test: venv
+	$(BIN)/python -m pytest -q -m install tests/test_install.py
 
 # A real two-node local Ray cluster (ray start --head + a second node), a sweep submitted as a job.
 cluster-test: venv

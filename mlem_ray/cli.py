@@ -1,10 +1,15 @@
-"""`mlem-ray` command line. Bad input ends with one line on stderr and exit code 2."""
+"""`mlem-ray` command line. Bad input ends with one line on stderr and exit code 2.
+
+Start-up stays light: `--help` and `mlem-ray data ...` import neither torch nor Ray nor Optuna;
+each handler imports what it needs (benchmarks/startup.py measures it).
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import DataError, NonFiniteLossError, UsageError, UserError
 
 
@@ -80,9 +85,27 @@ def _run_config(args):
     return make_config(args.method, overrides, base)
 
 
-def _check_data_dir(path: Path) -> None:
-    if not (Path(path) / "schema.json").exists():
+def _check_data_dir(path) -> None:
+    from . import storage
+
+    try:
+        found = storage.exists(storage.join(path, "schema.json"))
+    except OSError as e:
+        raise DataError(f"--data {path}: cannot read it ({storage.explain(e)})") from None
+    if not found:
         raise DataError(f"--data {path} is not a prepared data set (no schema.json); create it with `mlem-ray data ...`")
+
+
+def _staging(out: str) -> Path:
+    """A pretrain --out on object storage runs in a local directory (one per URI, so --resume finds
+    it again) and is uploaded at the end; a plain path is used as it is."""
+    import hashlib
+
+    from . import storage
+
+    if not storage.is_uri(out):
+        return Path(out)
+    return storage.cache_root() / "pretrain" / hashlib.sha256(out.encode()).hexdigest()[:24]
 
 
 def _pretrain(args) -> int:
@@ -99,55 +122,71 @@ def _pretrain(args) -> int:
         raise UsageError("--method mlem needs --teacher CKPT: a CoLES checkpoint trained on the same data")
     # Everything refusable is refused before --out is touched.
     preflight(cfg, local_device=args.workers == 1 and not args.gpus_per_worker)
-    out = Path(args.out or f"runs/pretrain-{cfg.objective.method}")
+    from . import storage
+
+    target = str(args.out or f"runs/pretrain-{cfg.objective.method}")
+    if storage.is_uri(target):
+        try:
+            storage.check_access(target)
+        except storage.StorageError as e:
+            raise UsageError(f"--out {e}") from None
     resume = None
     if args.resume:
-        if not (out / "last" / "model.pt").exists():
-            raise UsageError(f"--resume: {out} holds no run to continue (no {out / 'last'})")
-        resume = out / "last"
-    elif out.exists() and any(out.iterdir()):
+        if not storage.exists(storage.join(target, "last", "model.pt")):
+            raise UsageError(f"--resume: {target} holds no run to continue (no {storage.join(target, 'last')})")
+        resume = storage.join(target, "last")
+    elif storage.is_dir(target) and storage.listdir(target):
         if not args.overwrite:
-            raise UsageError(f"--out {out} already holds a run; pass --resume to continue it or --overwrite to start over")
-        shutil.rmtree(out)
+            raise UsageError(f"--out {target} already holds a run; pass --resume to continue it or --overwrite to start over")
+        storage.delete(target)
     if args.workers > 1 or args.gpus_per_worker > 0:
-        return _pretrain_distributed(args, cfg, out, resume)
-    print(f"pretraining {cfg.objective.method} on {args.data} -> {out}", flush=True)
+        return _pretrain_distributed(args, cfg, target, resume)
+    out = _staging(target)
+    if storage.is_uri(target):
+        shutil.rmtree(out, ignore_errors=True)
+        if resume:
+            storage.download(resume, out / "last")
+            resume = out / "last"
+    print(f"pretraining {cfg.objective.method} on {args.data} -> {target}", flush=True)
     from .training.loop import Runtime, resolve_device
 
     metrics = train(cfg, LocalReporter(out), Runtime(device=resolve_device(cfg.train.device), progress=True),
                     resume=resume)
+    if storage.is_uri(target):
+        storage.upload(out, target)
+        shutil.rmtree(out, ignore_errors=True)
     if not metrics:
-        print(f"{out}: already trained for {cfg.train.epochs} epochs; nothing to do")
+        print(f"{target}: already trained for {cfg.train.epochs} epochs; nothing to do")
     else:
-        print(f"best checkpoint: {out / 'best'} (val_loss {metrics['best_val_loss']:.4g}); resume state: {out / 'last'}")
+        print(f"best checkpoint: {storage.join(target, 'best')} (val_loss {metrics['best_val_loss']:.4g}); "
+              f"resume state: {storage.join(target, 'last')}")
     return 0
 
 
-def _pretrain_distributed(args, cfg, out: Path, resume) -> int:
-    """N DDP workers through Ray Train; best/ and last/ are copied out of the Train run."""
-    import shutil
-
+def _pretrain_distributed(args, cfg, out: str, resume) -> int:
+    """N DDP workers through Ray Train; best/ and last/ are copied out of the Train run (`out`: a
+    path or a URI; the Train run keeps its checkpoints there too)."""
     import ray
 
+    from . import storage
     from .training.ray_train import run_distributed
     from .training.resources import check_gpus, connect
 
-    connect(args.address)
+    connect(args.address, env_vars=storage.worker_env() if storage.is_uri(out) or storage.is_uri(args.data) else None)
     check_gpus(args.gpus_per_worker, args.workers)
     global_batch = cfg.data.batch_size * args.workers
     print(f"pretraining {cfg.objective.method} on {args.data} with {args.workers} Ray Train workers "
           f"(global batch {global_batch} sequences) -> {out}", flush=True)
-    result = run_distributed(cfg, args.workers, args.gpus_per_worker, out / "ray_train", name="run",
+    result = run_distributed(cfg, args.workers, args.gpus_per_worker, storage.join(out, "ray_train"), name="run",
                              cpus_per_worker=max(0.5, (ray.cluster_resources().get("CPU", 1) / args.workers)
                                                  if not args.gpus_per_worker else 1.0), resume=resume,
-                             extra={"log_dir": str(out.resolve())})  # metrics.jsonl + scalars, as a local run
+                             # metrics.jsonl + scalars, as a local run (a URI --out: rank 0 has no local view of it)
+                             extra={} if storage.is_uri(out) else {"log_dir": str(Path(out).resolve())})
     best, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1].get("val_loss", float("inf")))
     for name, ckpt in (("best", best), ("last", result.checkpoint)):
-        if (out / name).exists():
-            shutil.rmtree(out / name)
-        shutil.copytree(ckpt.path, out / name)
-    print(f"best checkpoint: {out / 'best'} (val_loss {best_metrics.get('val_loss', float('inf')):.4g}); "
-          f"resume state: {out / 'last'}")
+        storage.copy_dir(storage.uri_of(ckpt.filesystem, ckpt.path), storage.join(out, name))
+    print(f"best checkpoint: {storage.join(out, 'best')} (val_loss {best_metrics.get('val_loss', float('inf')):.4g}); "
+          f"resume state: {storage.join(out, 'last')}")
     return 0
 
 
@@ -171,27 +210,27 @@ def _evaluate(args) -> int:
 
 
 def _embed(args) -> int:
-    import os
+    import io
 
     import numpy as np
     import pyarrow.parquet as pq
 
+    from . import storage
     from .data.prepared import EventSequences
     from .evaluation.embed import embed_rows, embedding_table
     from .training.checkpoint import load_encoder
 
     _check_data_dir(args.data)
-    if args.out.suffix != ".parquet":
+    if not str(args.out).endswith(".parquet"):
         raise UsageError(f"--out must end in .parquet, got {args.out}")
     seqs = EventSequences.open(args.data)
     encoder, ckpt = load_encoder(args.checkpoint, seqs.schema)
     rows = seqs.indices(*args.split) if args.split else seqs.indices()
     emb = embed_rows(encoder, seqs, rows, ckpt.state["trainer"].get("max_len", seqs.schema.max_len), progress=True)
     table = embedding_table(seqs, rows, emb, wide=args.wide)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, args.out)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes(args.out, buf.getvalue())  # whole or not at all, locally and in a bucket
     print(f"wrote {args.out}: {len(rows)} sequences x {emb.shape[1]} dims (finite: {bool(np.isfinite(emb).all())})")
     return 0
 
@@ -223,8 +262,10 @@ def _report(args) -> int:
         from .sweep.pipeline import reseed_best
 
         reseed_best(args.sweep_dir, seeds=tuple(range(1, args.seeds + 1)), address=args.address)
-    print(build_report(Path(args.sweep_dir)))
-    print(f"\nplots and report.md in {Path(args.sweep_dir) / 'report'}")
+    from . import storage
+
+    print(build_report(args.sweep_dir))
+    print(f"\nplots and report.md in {storage.join(args.sweep_dir, 'report')}")
     return 0
 
 
@@ -233,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlem-ray",
         description="Self-supervised event-sequence encoders (CoLES, generative, MLEM) and their hyperparameter sweeps on Ray.",
     )
+    p.add_argument("--version", action="version", version=f"mlem-ray {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="prepare a data set (generate Pendulum, load flights, or ingest your own table)")
@@ -271,11 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .config import METHODS
 
     q = sub.add_parser("pretrain", help="train one encoder locally (CoLES, generative, hybrid, MLEM or supervised)")
-    q.add_argument("--data", required=True, type=Path, help="prepared data set directory")
+    q.add_argument("--data", required=True, help="prepared data set directory or URI")
     q.add_argument("--method", required=True, choices=METHODS)
-    q.add_argument("--teacher", type=Path, help="MLEM: the frozen CoLES checkpoint (same data schema)")
+    q.add_argument("--teacher", help="MLEM: the frozen CoLES checkpoint, a directory or URI (same data schema)")
     q.add_argument("--epochs", type=int, help="number of epochs (train.epochs)")
-    q.add_argument("--out", type=Path, help="run directory: best/ and last/ checkpoints, metrics.jsonl (default runs/pretrain-METHOD)")
+    q.add_argument("--out", help="run directory or URI: best/ and last/ checkpoints, metrics.jsonl (default runs/pretrain-METHOD)")
     q.add_argument("--config", type=Path, help="YAML with sections data/model/objective/optim/train")
     q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. --set optim.lr=3e-3 (repeatable)")
     q.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -288,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_pretrain)
 
     q = sub.add_parser("evaluate", help="downstream probes and embedding quality of a checkpoint")
-    q.add_argument("--data", required=True, type=Path, help="prepared data set with targets")
-    q.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory (e.g. RUN/best)")
+    q.add_argument("--data", required=True, help="prepared data set with targets (directory or URI)")
+    q.add_argument("--checkpoint", required=True, help="checkpoint directory or URI (e.g. RUN/best)")
     q.add_argument("--folds", type=int, default=5, help="CV folds on the labelled training ids (default %(default)s)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--robustness", action="store_true", help="also re-score with 10/30/50/70%% of events dropped")
@@ -297,22 +339,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_evaluate)
 
     q = sub.add_parser("embed", help="write one embedding row per sequence id to Parquet")
-    q.add_argument("--data", required=True, type=Path)
-    q.add_argument("--checkpoint", required=True, type=Path)
-    q.add_argument("--out", required=True, type=Path,
-                   help="output .parquet: id, split, target (if any), embedding (fixed_size_list<float32>[H])")
+    q.add_argument("--data", required=True, help="prepared data set directory or URI")
+    q.add_argument("--checkpoint", required=True, help="checkpoint directory or URI")
+    q.add_argument("--out", required=True, help="output .parquet, a path or URI: id, split, target (if any), "
+                                                "embedding (fixed_size_list<float32>[H])")
     q.add_argument("--wide", action="store_true", help="one float32 column per dimension (e0..eH-1) instead of the "
                                                        "embedding list column")
     q.add_argument("--split", action="append", choices=["train", "val", "test"], help="only these splits (repeatable)")
     q.set_defaults(func=_embed)
 
     q = sub.add_parser("sweep", help="the main job: Ray Tune + Optuna sweep (by default the two-stage MLEM pipeline)",
-                       description="With no arguments: generate a small Pendulum set and run search_spaces/quick.yaml "
-                                   "(CoLES teachers, then MLEM against the best one) on a local Ray instance.")
-    q.add_argument("--data", type=Path, help="prepared data set (default: generate Pendulum into OUT/data)")
-    q.add_argument("--space", type=Path, help="search-space YAML (default: search_spaces/quick.yaml)")
+                       description="With no arguments: generate a small Pendulum set and run the shipped quick "
+                                   "search space (CoLES teachers, then MLEM against the best one) on a local Ray "
+                                   "instance. --out and --data take a path or an object-store URI (s3://, gs://).")
+    q.add_argument("--data", help="prepared data set, a path or a URI (default: generate Pendulum into OUT/data)")
+    q.add_argument("--space", help="a shipped search space by name (quick, mlem, coles, generative, hybrid) or a "
+                                   "YAML file (default: quick)")
     q.add_argument("--trials", type=int, help="trials per stage (default: each stage's own)")
-    q.add_argument("--out", type=Path, default=Path("runs/sweep"), help="sweep directory (default %(default)s); shared storage on multi-node clusters")
+    q.add_argument("--out", default="runs/sweep", help="sweep directory or object-store URI (default %(default)s); "
+                                                        "on multi-node clusters a bucket (s3://b/p, gs://b/p) or shared disk")
     q.add_argument("--address", help="Ray cluster to join: auto (a local `ray start`) or ray://host:10001 (default: start Ray in-process)")
     q.add_argument("--resume", action="store_true", help="continue the sweep in --out after an interruption")
     q.add_argument("--methods", help="also sweep these methods for comparison, e.g. generative,hybrid")
@@ -329,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_sweep)
 
     q = sub.add_parser("report", help="leaderboard (methods side by side), parameter importances and plots of a sweep")
-    q.add_argument("sweep_dir", type=Path, help="the sweep's --out directory")
+    q.add_argument("sweep_dir", help="the sweep's --out directory or URI")
     q.add_argument("--reseed", action="store_true", help="first re-run each stage's best config with more seeds (needs Ray)")
     q.add_argument("--seeds", type=int, default=3, help="new seeds for --reseed; the report's mean +- std is over these only, not the seed the config was selected with (default %(default)s)")
     q.add_argument("--address", help="Ray cluster for --reseed (default: start Ray in-process)")

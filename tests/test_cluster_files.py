@@ -265,8 +265,15 @@ def test_ray_up_security_and_shared_storage():
     head = next(cmd for cmd in starts if "--head" in cmd)
     assert "--dashboard-host=127.0.0.1" in head or ["--dashboard-host", "127.0.0.1"] in [head[i:i + 2] for i in range(len(head))]
     assert any(remote.endswith(".ray/auth_token") for remote in c["file_mounts"]), "the token must reach every node"
-    assert any("/mnt/shared" in opt for opt in c["docker"]["run_options"]), "shared storage not mounted in the container"
-    assert any("mount" in cmd and "/mnt/shared" in cmd for cmd in c["initialization_commands"])
+    # Sweeps go to a bucket: every node type has an instance profile (the head Ray's default one,
+    # which `ray up` creates when the head's node_config names none); no keys in the file.
+    for name, t in c["available_node_types"].items():
+        if name != c["head_node_type"]:
+            assert t["node_config"].get("IamInstanceProfile"), f"{name}: no IamInstanceProfile for the sweep bucket"
+    text = RAY_UP.read_text()
+    assert not re.search(r"(?i)aws_secret_access_key|aws_access_key_id|BEGIN .*PRIVATE KEY", text), "keys in the file"
+    # The EFS/NFS alternative is kept (commented out).
+    assert re.search(r"#.*-v /mnt/shared:/mnt/shared", text) and re.search(r"#.*mount -t nfs4", text)
     excluded = " ".join(c["rsync_exclude"])
     for name in (".venv", "runs", ".git"):
         assert name in excluded, f"rsync_exclude must keep {name} off the nodes"
@@ -313,25 +320,36 @@ def test_rayjob_required_structure_with_gpu_workers():
     assert cluster.get("authOptions", {}).get("mode") == "token", "token authentication off"
 
 
-def test_rayjob_runs_the_default_mlem_sweep_on_gpus_into_a_shared_volume():
+def test_rayjob_runs_the_default_mlem_sweep_on_gpus_into_a_bucket_with_workload_identity():
     job = rayjob()
     (cmd,) = simple_commands(job["spec"]["entrypoint"])
     argv = mlem_argv(cmd)
     assert argv is not None and argv[0] == "sweep", "the entrypoint must run the sweep"
-    # It reads search_spaces/ from the working dir: the module form works without an install.
+    # The package runs from the working dir: the module form works without an install.
     assert cmd[1:3] == ["-m", "mlem_ray"] and argv == cmd[3:], "use `python -m mlem_ray` in a working-dir entrypoint"
     from mlem_ray.cli import build_parser
+    from mlem_ray.sweep.space import load_space
 
     args = build_parser().parse_args(argv)
     assert args.gpus_per_worker >= 1
-    assert str(args.space) == "search_spaces/mlem.yaml" and (ROOT / args.space).is_file()
+    assert args.space == "mlem" and load_space(args.space).is_two_stage
     out = str(args.out)
-
     docs = yaml_docs(RAYJOB)
-    rwx_claims = {d["metadata"]["name"] for d in docs if d.get("kind") == "PersistentVolumeClaim"
-                  and "ReadWriteMany" in d["spec"]["accessModes"]}
     cluster = job["spec"]["rayClusterSpec"]
     pod_specs = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+    if re.match(r"^(s3|gs)://", out):
+        accounts = {d["metadata"]["name"]: d["metadata"].get("annotations", {}) for d in docs
+                    if d.get("kind") == "ServiceAccount"}
+        for pod in pod_specs:
+            name = pod.get("serviceAccountName")
+            assert name in accounts, "every Ray pod must run as the ServiceAccount that holds the bucket's identity"
+            assert any(k in accounts[name] for k in ("eks.amazonaws.com/role-arn", "iam.gke.io/gcp-service-account")), \
+                "the ServiceAccount needs a workload-identity annotation"
+        assert not re.search(r"(?i)aws_secret_access_key|aws_access_key_id", RAYJOB.read_text()), "keys in the file"
+        return
+    # The alternative: a shared ReadWriteMany volume mounted at --out in every Ray pod.
+    rwx_claims = {d["metadata"]["name"] for d in docs if d.get("kind") == "PersistentVolumeClaim"
+                  and "ReadWriteMany" in d["spec"]["accessModes"]}
     for pod in pod_specs:
         claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", [])
                   if "persistentVolumeClaim" in v}

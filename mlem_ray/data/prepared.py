@@ -92,6 +92,15 @@ class EventSequences:
 
     @classmethod
     def open(cls, path) -> EventSequences:
+        """`path`: a directory, or a storage URI (copied once per node into a local cache keyed by
+        its content, and memory-mapped from there)."""
+        from .. import storage
+
+        if storage.is_uri(path):
+            try:
+                path = storage.local_copy(path, by_content=True)
+            except (OSError, storage.StorageError) as e:
+                raise DataError(f"--data {path}: cannot read it ({str(e).splitlines()[0][:200]})") from None
         path = Path(path)
         schema = Schema.load(path)
         arrow = path / "sequences.arrow"

@@ -17,12 +17,14 @@ downstream and keeps the leaderboard.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import threading
 import time
-from pathlib import Path
 
+from .. import storage
 from . import leaderboard
 
 
@@ -31,7 +33,7 @@ class Evaluator:
 
     def __init__(self, sweep_dir, data_path, folds: int = 5, seed: int = 0, tree_iters: int = 300,
                  robustness: bool = False, threads: int = 1, device: str = "cpu", aggregates: bool = True):
-        self.sweep_dir = Path(sweep_dir)
+        self.sweep_dir = str(sweep_dir)  # a path or an object-store URI (storage.py)
         self.data_path = str(data_path)
         self.folds, self.seed, self.tree_iters, self.robustness = folds, seed, tree_iters, robustness
         self.threads, self.device = threads, device
@@ -153,10 +155,11 @@ class Evaluator:
 
         from . import hparams
 
-        where = Path(trial_dir) if trial_dir else self.sweep_dir / row["stage"] / row["trial_id"]
-        hparams.write_session(where / hparams.RUN, hparams.session_hparams(params, row["stage"], row["method"]),
-                              hparams.session_metrics(row), group=row["reseed_of"] or row["trial_id"])
-        with SummaryWriter(str(self.sweep_dir / "tensorboard_leaderboard")) as w:
+        where = trial_dir or storage.join(self.sweep_dir, row["stage"], row["trial_id"])
+        with _writable(storage.join(where, hparams.RUN)) as local:
+            hparams.write_session(local, hparams.session_hparams(params, row["stage"], row["method"]),
+                                  hparams.session_metrics(row), group=row["reseed_of"] or row["trial_id"])
+        with _writable(storage.join(self.sweep_dir, "tensorboard_leaderboard")) as local, SummaryWriter(local) as w:
             step = len(self.board)
             w.add_scalar(f"leaderboard/{row['stage']}/{row['primary_metric']}", row["primary_value"], step)
             w.add_text("leaderboard/trial", f"{row['stage']} {row['trial_id']} {row['method']}: "
@@ -167,6 +170,19 @@ class Evaluator:
 
     def info(self) -> dict:
         return {"pid": os.getpid(), "rows": len(self.board), "restored_rows": self.restored_rows}
+
+
+@contextlib.contextmanager
+def _writable(location: str):
+    """A local directory for a writer that wants one (TensorBoard): `location` itself, or on object
+    storage a temp dir uploaded there afterwards. Each writer makes a new event file, so an
+    upload adds files and never replaces one."""
+    if not storage.is_uri(location):
+        yield location
+        return
+    with tempfile.TemporaryDirectory(prefix="mlem_ray_tb_") as local:
+        yield local
+        storage.upload(local, location)
 
 
 def get_or_create_actor(sweep_dir, data_path, name: str, cpus: float = 0.0, gpus: float = 0.0, **kwargs):

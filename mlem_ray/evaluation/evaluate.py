@@ -38,7 +38,7 @@ def evaluate_checkpoint(checkpoint, data, kinds=("tree", "linear"), folds: int =
     emb = embed_rows(encoder, seqs, rows, max_len, device=device)
     bar.update()
     targets, split = seqs.targets[rows], seqs.split[rows]
-    result: dict = {"checkpoint": str(Path(checkpoint)), "method": ckpt.config.objective.method,
+    result: dict = {"checkpoint": str(checkpoint), "method": ckpt.config.objective.method,
                     "task": seqs.schema.task, "n_labelled": int(len(rows))}
     primary = None
     for kind in kinds:

@@ -1,6 +1,7 @@
 """The leaderboard file of a sweep: its name, its columns, reading it, appending a row atomically,
 and choosing the best row. The evaluation actor writes it; the pipeline, the report and the
-benchmarks read it through this module only.
+benchmarks read it through this module only. The sweep dir is a local path or an object-store
+URI: all I/O goes through mlem_ray/storage.py.
 
 One row per scored trial. Columns:
 
@@ -24,12 +25,13 @@ One row per scored trial. Columns:
 """
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-from pathlib import Path
 
 import pandas as pd
+
+from .. import storage
 
 FILE = "leaderboard.parquet"
 
@@ -40,29 +42,30 @@ BOOKKEEPING = ("trial_id", "stage", "method", "checkpoint", "params", "seed", "r
 OK, FAILED, ERRORED = "ok", "failed", "errored"
 
 
-def path(sweep_dir) -> Path:
-    return Path(sweep_dir) / FILE
+def path(sweep_dir) -> str:
+    """The leaderboard's location (a path or a URI, as the sweep dir is)."""
+    return storage.join(sweep_dir, FILE)
 
 
 def read(sweep_dir) -> pd.DataFrame:
     """The leaderboard, or an empty frame when nothing has been scored yet."""
     p = path(sweep_dir)
-    return pd.read_parquet(p) if p.exists() else pd.DataFrame()
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(p))) if storage.exists(p) else pd.DataFrame()
 
 
 def append(sweep_dir, board: pd.DataFrame, row: dict) -> pd.DataFrame:
-    """`board` plus `row`, written to a temporary file and renamed over the leaderboard, so a reader
-    (or a crash) never sees half a file. -> the new board."""
+    """`board` plus `row`, written whole (write_atomic), so a reader (or a crash) never sees half a
+    file. -> the new board."""
     new = pd.concat([board, pd.DataFrame([row])], ignore_index=True) if len(board) else pd.DataFrame([row])
     write_atomic(new, path(sweep_dir))
     return new
 
 
-def write_atomic(df: pd.DataFrame, target: Path) -> None:
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, target)
+def write_atomic(df: pd.DataFrame, target) -> None:
+    """Locally a temp file renamed into place; on object storage a new object (one PUT)."""
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    storage.write_bytes(target, buf.getvalue())
 
 
 def downstream_metric(task: str) -> tuple[str, str]:
@@ -138,12 +141,10 @@ BASELINE_FILE = "baseline.json"
 
 
 def read_baseline(sweep_dir) -> dict | None:
-    p = Path(sweep_dir) / BASELINE_FILE
-    return json.loads(p.read_text()) if p.exists() else None
+    p = storage.join(sweep_dir, BASELINE_FILE)
+    return json.loads(storage.read_text(p)) if storage.exists(p) else None
 
 
 def write_baseline(sweep_dir, scores: dict) -> None:
-    target = Path(sweep_dir) / BASELINE_FILE
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(scores, sort_keys=True))
-    os.replace(tmp, target)
+    """Written whole, as the leaderboard is (storage.write_bytes: temp file + rename locally)."""
+    storage.write_text(storage.join(sweep_dir, BASELINE_FILE), json.dumps(scores, sort_keys=True))

@@ -46,7 +46,11 @@ def _live(holder: dict | None) -> bool:
 def sweep_lock(out):
     """Hold `out`'s lock for the block. A directory this call had to create is removed again if
     the block leaves nothing else in it (a refused start leaves no trace)."""
-    out = Path(out)
+    from .. import storage
+
+    # A sweep on object storage (no O_EXCL there) is locked in its local driver_dir: this guards
+    # against a second driver on the same host (or sharing MLEM_RAY_CACHE) only.
+    out = storage.driver_dir(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     lock = out / FILE

@@ -23,7 +23,11 @@ FILE = "optuna.journal"
 
 
 def path(sweep_dir) -> Path:
-    return Path(sweep_dir) / FILE
+    """The journal: in the sweep dir, or for a sweep on object storage in storage.driver_dir
+    (a journal needs local file locks and appends; only the driver writes it)."""
+    from .. import storage
+
+    return storage.driver_dir(sweep_dir) / FILE
 
 
 def study_storage(sweep_dir) -> JournalStorage:

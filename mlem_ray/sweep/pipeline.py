@@ -6,7 +6,8 @@ CoLES teachers; the evaluation actor scores every finished trial downstream; amo
 finalists (best in-trial score) the best downstream score becomes the teacher. Stage 2 sweeps
 MLEM against it. Comparison stages (generative, hybrid, ...) are swept at the same budget.
 
-Sweep directory layout (`--out`):
+Sweep directory layout (`--out`, a path or an object-store URI such as s3://bucket/sweep; every
+file goes through mlem_ray/storage.py, so a cloud cluster needs no shared disk):
   sweep.json              the sweep's settings (so `--resume` needs only `--out`)
   space.yaml              the search space used
   data/                   the generated Pendulum set when no --data was given
@@ -24,25 +25,27 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from .. import storage
 from ..errors import DataError, SweepError  # noqa: F401  (SweepError re-exported)
 from ..evaluation import leaderboard
 from .lock import sweep_lock
-from .space import SearchSpace, StageSpace
+from .space import SearchSpace, StageSpace, load_space, space_text
 
 # Each epoch checkpoints, so Tune's snapshot-frequency warning would fire on every small trial
 # (set before ray.tune is imported).
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-DEFAULT_SPACE = "quick.yaml"
+DEFAULT_SPACE = "quick"
 DEMO_SEQUENCES = 2000
 
 
-def search_space_dir() -> Path:
-    here = Path(__file__).resolve().parents[2] / "search_spaces"
-    return here if here.exists() else Path.cwd() / "search_spaces"
+def location(text: str) -> str:
+    """A sweep or data location as stored in sweep.json: a URI as given, a path made absolute."""
+    return text if storage.is_uri(text) else str(Path(text).resolve())
 
 
 @dataclass
@@ -64,46 +67,80 @@ class SweepJob:
     eval_gpus: float = 0.0  # GPU share of the evaluation actor (it embeds on the GPU when > 0)
 
 
+def check_locations(out: str, data: str) -> None:
+    """The driver's own start-of-sweep check, before anything is written: --out (a URI) takes a
+    probe object and gives it back byte-exact, and --data is a prepared data set it can read.
+    Fails in seconds with one line: wrong bucket, no credentials, unreachable endpoint."""
+    if storage.is_uri(out):
+        try:
+            storage.check_access(out)
+        except storage.StorageError as e:
+            raise SweepError(f"--out {e}") from None
+    if data:
+        try:
+            found = storage.exists(storage.join(data, "schema.json"))
+        except (OSError, storage.StorageError) as e:
+            raise DataError(f"--data {data}: cannot read it ({storage.explain(e)})") from None
+        if not found:
+            raise DataError(f"--data {data} is not a prepared data set (no schema.json); create it with `mlem-ray data ...`")
+
+
 def _resolve(settings: SweepJob, resume: bool) -> SweepJob:
-    out = Path(settings.out)
-    state = out / "sweep.json"
+    out = location(settings.out)
+    state = storage.join(out, "sweep.json")
+    if storage.is_uri(out):
+        check_locations(out, "")  # a bad bucket or endpoint is named as such, not as "no sweep there"
     if resume:
-        if not state.exists():
+        if not storage.exists(state):
             raise SweepError(f"--resume: {out} holds no sweep (no sweep.json); start one with mlem-ray sweep --out {out}")
-        saved = SweepJob(**json.loads(state.read_text()))
+        saved = SweepJob(**json.loads(storage.read_text(state)))
         # The space as copied at the start: the original path may be gone (a job's working dir).
-        return replace(saved, out=str(out), space=str(out / "space.yaml"))
-    if state.exists():
+        return replace(saved, out=out, space=storage.join(out, "space.yaml"))
+    if storage.exists(state):
         raise SweepError(f"--out {out} already holds a sweep; pass --resume to continue it or choose another --out")
-    space = Path(settings.space) if settings.space else search_space_dir() / DEFAULT_SPACE
-    if not space.exists():
-        raise SweepError(f"--space {space} does not exist (search spaces live in {search_space_dir()})")
-    SearchSpace.load(space)  # refuse a bad file before anything is written
-    data = settings.data
-    if data and not (Path(data) / "schema.json").exists():
-        raise DataError(f"--data {data} is not a prepared data set (no schema.json); create it with `mlem-ray data ...`")
-    return replace(settings, space=str(space.resolve()), data=str(Path(data).resolve()) if data else "")
+    space = settings.space or DEFAULT_SPACE
+    load_space(space)  # refuse a bad file or an unknown name before anything is written
+    if not storage.is_uri(space) and Path(space).is_file():
+        space = str(Path(space).resolve())
+    data = location(settings.data) if settings.data else ""
+    check_locations("", data)
+    return replace(settings, out=out, space=space, data=data)
 
 
-def _prepare_out(settings: SweepJob) -> Path:
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / "space.yaml").exists():
-        shutil.copyfile(settings.space, out / "space.yaml")
+def _prepare_out(settings: SweepJob) -> str:
+    out = settings.out
+    if not storage.is_uri(out):
+        Path(out).mkdir(parents=True, exist_ok=True)
+    if not storage.exists(storage.join(out, "space.yaml")):
+        storage.write_text(storage.join(out, "space.yaml"), space_text(settings.space))
     if not settings.data:
-        data = out / "data"
-        if not (data / "schema.json").exists():
-            from ..data import pendulum, prepare, write_prepared
-            from ..data.ingest import IngestSpec
-
+        data = storage.join(out, "data")
+        if not storage.exists(storage.join(data, "schema.json")):
             print(f"generating Pendulum ({settings.sequences} sequences) in {data}", flush=True)
-            events, targets = pendulum.generate(settings.sequences, seed=0)
-            spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", task="regression",
-                              source=f"pendulum(sequences={settings.sequences}, seed=0)")
-            write_prepared(data, *prepare(events, spec, targets), overwrite=True)
-        settings = replace(settings, data=str(data.resolve()))
-    (out / "sweep.json").write_text(json.dumps(asdict(settings), indent=1))
+            if storage.is_uri(data):
+                with tempfile.TemporaryDirectory(prefix="mlem_ray_data_") as local:
+                    made = Path(local) / "data"
+                    _generate_pendulum(made, settings.sequences)
+                    # schema.json last: it marks a complete data set (an interrupted upload is redone)
+                    schema = (made / "schema.json").read_bytes()
+                    (made / "schema.json").unlink()
+                    storage.upload(made, data)
+                    storage.write_bytes(storage.join(data, "schema.json"), schema)
+            else:
+                _generate_pendulum(Path(data), settings.sequences)
+        settings = replace(settings, data=data)
+    storage.write_text(storage.join(out, "sweep.json"), json.dumps(asdict(settings), indent=1))
     return out
+
+
+def _generate_pendulum(path: Path, sequences: int) -> None:
+    from ..data import pendulum, prepare, write_prepared
+    from ..data.ingest import IngestSpec
+
+    events, targets = pendulum.generate(sequences, seed=0)
+    spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", task="regression",
+                      source=f"pendulum(sequences={sequences}, seed=0)")
+    write_prepared(path, *prepare(events, spec, targets), overwrite=True)
 
 
 def _stages(space: SearchSpace, settings: SweepJob) -> dict[str, StageSpace]:
@@ -116,10 +153,12 @@ def _stages(space: SearchSpace, settings: SweepJob) -> dict[str, StageSpace]:
             key = f"compare_{method}"
             if key in stages or method in stages:
                 continue
-            path = search_space_dir() / f"{method}.yaml"
-            if not path.exists():
-                raise SweepError(f"--methods {method}: no search space {path}")
-            own = next(iter(SearchSpace.load(path).stages.values()))
+            from .space import shipped
+
+            if method not in shipped():
+                raise SweepError(f"--methods {method}: no shipped search space {method}.yaml "
+                                 f"(shipped: {', '.join(shipped())})")
+            own = next(iter(load_space(method).stages.values()))
             shared = {k: v for k, v in budget_from.constants.items() if k not in own.params and not k.startswith("objective.")}
             stages[key] = replace(own, sweep=replace(own.sweep, trials=budget_from.sweep.trials,
                                                      epochs=budget_from.sweep.epochs,
@@ -143,11 +182,24 @@ def _resolve_metrics(stages: dict[str, StageSpace], data: str) -> dict[str, Stag
     return {name: stage.resolved(default) for name, stage in stages.items()}
 
 
+def _worker_env() -> dict:
+    """storage.worker_env(), less what a `ray job submit` runtime env already sets: Ray refuses
+    to merge a job's runtime env with a ray.init one that names the same variable."""
+    env = storage.worker_env()
+    injected = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if injected:
+        from ray.job_config import JobConfig
+
+        taken = (JobConfig.from_json(json.loads(injected)).runtime_env or {}).get("env_vars") or {}
+        env = {k: v for k, v in env.items() if k not in taken}
+    return env
+
+
 @dataclass
 class _Session:
     """What the stages of one sweep share once Ray is up."""
 
-    out: Path
+    out: str  # a path or a URI
     settings: SweepJob
     actor: object
     actor_name: str
@@ -159,7 +211,7 @@ class _Session:
         if self.settings.gpus_per_worker:
             fixed["train.device"] = "cuda"
         if name == "mlem" and two_stage:
-            fixed["objective.teacher"] = json.loads((self.out / "teacher.json").read_text())["checkpoint"]
+            fixed["objective.teacher"] = json.loads(storage.read_text(storage.join(self.out, "teacher.json")))["checkpoint"]
         return fixed
 
     def max_concurrent(self, stage: StageSpace) -> int:
@@ -173,35 +225,54 @@ class _Session:
                 "trackers": tuple(self.settings.trackers)}
 
 
-def check_storage_reachable(out: Path, nodes: list[dict], timeout_s: float = 60.0) -> None:
-    """Every alive node must see the sweep directory: trials write checkpoints there and the
-    evaluation actor reads them. A node that cannot (no shared storage) is refused up front with a
-    clear message instead of trials failing or hanging later. nodes: ray.nodes() entries of the
-    alive nodes."""
+def check_storage_reachable(out: str, nodes: list[dict], data: str = "", timeout_s: float = 60.0) -> None:
+    """Every alive node must see the sweep directory and the data set: trials write checkpoints
+    there and the evaluation actor reads them. A node that cannot (no shared storage, no
+    credentials for the bucket, no route to the endpoint) is refused up front with one line
+    instead of trials failing or hanging later. nodes: ray.nodes() entries of the alive nodes."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    probe = out / ".storage_probe"
-    probe.write_text(str(os.getpid()))
+    token = f"{os.getpid()}-{os.urandom(4).hex()}"
+    probe = storage.join(out, f".storage_probe-{token}")
+    storage.write_text(probe, token)
 
     @ray.remote(num_cpus=0)
-    def sees(path: str, token: str) -> bool:
-        p = Path(path)
-        return p.exists() and p.read_text() == token
+    def problem(out: str, probe: str, token: str, data: str) -> str:
+        """'' when this node sees the driver's probe, can write under out and read data."""
+        from mlem_ray import storage as st
 
-    refs = {n["NodeID"]: sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(str(probe), str(os.getpid())) for n in nodes}
+        try:
+            if not st.exists(probe) or st.read_text(probe) != token:
+                return "blind"
+            if st.is_uri(out):
+                st.check_access(out, token=token)
+            if data and not st.exists(st.join(data, "schema.json")):
+                return f"cannot read --data {data}"
+        except st.StorageError as e:
+            return str(e)
+        except Exception as e:  # noqa: BLE001 (the SDK's errors arrive as OSError and others)
+            return f"{out}: {st.explain(e)}"
+        return ""
+
+    refs = {n["NodeID"]: problem.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(out, probe, token, data) for n in nodes}
     try:
-        blind = [f"{n[:8]}" for n, ok in zip(refs, ray.get(list(refs.values()), timeout=timeout_s)) if not ok]
+        answers = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s)))
     except ray.exceptions.GetTimeoutError:
         raise SweepError(f"could not check within {timeout_s:.0f} s that every Ray node sees --out {out}") from None
     except ray.exceptions.RayError as e:  # a node died, or its runtime env failed to set up
         raise SweepError(f"could not check that every Ray node sees --out {out}: {type(e).__name__}") from None
     finally:
-        probe.unlink(missing_ok=True)
+        storage.delete(probe)
+    blind = [n[:8] for n, why in answers.items() if why == "blind"]
     if blind:
         raise SweepError(f"--out {out} is not visible from Ray node(s) {', '.join(blind)}: on a multi-node cluster "
-                         "--out must be shared storage (an NFS mount at the same path on every node)")
+                         "--out must be shared storage (an object-store URI such as s3://bucket/sweep, or an NFS "
+                         "mount at the same path on every node)")
+    other = [(n[:8], why) for n, why in answers.items() if why]
+    if other:
+        raise SweepError(f"Ray node {other[0][0]}: {other[0][1]}")
 
 
 def _start(settings: SweepJob, address: str | None) -> _Session:
@@ -211,7 +282,10 @@ def _start(settings: SweepJob, address: str | None) -> _Session:
 
     from ..training.resources import check_gpus, connect
 
-    connect(address)
+    object_storage = storage.is_uri(settings.out) or storage.is_uri(settings.data)
+    # Workers on other nodes reach the same object store as the driver (endpoint, region,
+    # checksum settings; never secrets: each node has its own credential chain).
+    connect(address, env_vars=_worker_env() if object_storage else None)
     resources = ray.cluster_resources()
     check_gpus(settings.gpus_per_worker, settings.workers_per_trial, resources)
     if settings.eval_gpus > resources.get("GPU", 0.0):  # an unplaceable actor would wait forever
@@ -219,17 +293,18 @@ def _start(settings: SweepJob, address: str | None) -> _Session:
                          "GPUs; drop the flag to evaluate on CPU")
     alive = [n for n in ray.nodes() if n.get("Alive")]
     if len(alive) > 1:
-        out = Path(settings.out)
-        created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
+        out = settings.out
+        created = not storage.is_uri(out) and not Path(out).exists()
+        if not storage.is_uri(out):
+            Path(out).mkdir(parents=True, exist_ok=True)
         try:
-            check_storage_reachable(out, alive)
+            check_storage_reachable(out, alive, data=settings.data)
         except SweepError:
             if created:
                 shutil.rmtree(out, ignore_errors=True)  # leave nothing behind a refused start
             raise
     out = _prepare_out(settings)
-    settings = SweepJob(**json.loads((out / "sweep.json").read_text()))
+    settings = SweepJob(**json.loads(storage.read_text(storage.join(out, "sweep.json"))))
     cpus = resources.get("CPU", 1.0)
     # The actor scores while trials train; on a small machine it takes no CPU reservation so that
     # it never blocks trial scheduling (it runs between trial completions, single-threaded).
@@ -237,17 +312,17 @@ def _start(settings: SweepJob, address: str | None) -> _Session:
     actor_name = evaluator_name(out)
     actor = get_or_create_actor(out, settings.data, actor_name, cpus=actor_cpus, gpus=settings.eval_gpus,
                                 folds=settings.folds)
-    return _Session(out.resolve(), settings, actor, actor_name, cpus, actor_cpus)
+    return _Session(out, settings, actor, actor_name, cpus, actor_cpus)
 
 
 def evaluator_name(out) -> str:
     """The evaluation actor's name for the sweep in `out`: one actor per sweep dir, found again by
     a resumed driver."""
-    return "evaluator-" + hashlib.sha1(str(Path(out).resolve()).encode()).hexdigest()[:10]
+    return "evaluator-" + hashlib.sha1(location(str(out)).encode()).hexdigest()[:10]
 
 
 def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = False) -> dict:
-    settings = _resolve(settings, resume)
+    settings = _resolve(settings, resume)  # bad input fails here, before Ray and torch are imported
     with sweep_lock(settings.out):
         return _run_sweep(settings, address, resume)
 
@@ -255,11 +330,13 @@ def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = Fal
 def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
     from .tuner import run_stage
 
-    space = SearchSpace.load(settings.space)
+    space = load_space(settings.space)
     stages = _stages(space, settings)
     if settings.data:  # refuse a metric the data cannot give before anything is written
         stages = _resolve_metrics(stages, settings.data)
-    session = _start(replace(settings, out=str(Path(settings.out).resolve())), address)
+    from .tuner import run_stage
+
+    session = _start(settings, address)
     out, settings = session.out, session.settings
     stages = _resolve_metrics(stages, settings.data)  # the generated demo data, when no --data was given
     summary: dict = {"out": str(out), "stages": {}}
@@ -279,7 +356,7 @@ def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
             teacher = leaderboard.pick_teacher(rows, stage.sweep.finalists)
             if teacher is None:
                 raise SweepError("stage 1 produced no scored CoLES checkpoint; see the trial errors above")
-            (out / "teacher.json").write_text(json.dumps(teacher, indent=1, default=str))
+            storage.write_text(storage.join(out, "teacher.json"), json.dumps(teacher, indent=1, default=str))
             print(f"teacher: trial {teacher['trial_id']} ({teacher['primary_metric']} {teacher['primary_value']:.4g}; "
                   f"among the {stage.sweep.finalists} best by {teacher['selection_metric']})", flush=True)
     _print_summary(out, summary)
@@ -290,13 +367,13 @@ def reseed_best(out, seeds=(1, 2), address: str | None = None) -> list[dict]:
     """Re-run each stage's best config (by the downstream selection metric) with other seeds, so the
     report can give mean +- std over seeds. Re-runs already on the leaderboard are kept."""
     settings = _resolve(SweepJob(out=str(out)), resume=True)
-    space = SearchSpace.load(settings.space)
+    space = load_space(settings.space)
     stages = _resolve_metrics(_stages(space, settings), settings.data)
     board = leaderboard.read(out)
     if board.empty:
         raise SweepError(f"{out} has no scored trial yet; run or resume the sweep first")
-    with sweep_lock(out):
-        return _reseed(out, settings, space, stages, board, seeds, address)
+    with sweep_lock(settings.out):
+        return _reseed(settings.out, settings, space, stages, board, seeds, address)
 
 
 def _reseed(out, settings, space, stages, board, seeds, address) -> list[dict]:
@@ -304,7 +381,7 @@ def _reseed(out, settings, space, stages, board, seeds, address) -> list[dict]:
 
     from .tuner import run_stage
 
-    session = _start(replace(settings, out=str(Path(out).resolve())), address)
+    session = _start(settings, address)
     rows = []
     for name, stage in stages.items():
         originals = board[(board["stage"] == name) & (board["reseed_of"].fillna("") == "")].to_dict("records")
@@ -320,7 +397,7 @@ def _reseed(out, settings, space, stages, board, seeds, address) -> list[dict]:
     return rows
 
 
-def _print_summary(out: Path, summary: dict) -> None:
+def _print_summary(out: str, summary: dict) -> None:
     print("\nsweep finished")
     for name, s in summary["stages"].items():
         b = s["best"]

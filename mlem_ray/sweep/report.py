@@ -1,6 +1,7 @@
 """`mlem-ray report SWEEP_DIR`: the leaderboard of a finished (or running) sweep, side by side.
 
-It reads only what the sweep driver leaves on disk, so it works on a sweep copied off a cluster,
+It reads only what the sweep driver leaves on disk (or in a bucket: SWEEP_DIR may be a storage
+URI, read and written through mlem_ray/storage.py), so it works on a sweep copied off a cluster,
 while a sweep still runs, and without Ray:
 
   leaderboard.parquet   one row per scored trial (the evaluation actor's; see evaluation/actor.py)
@@ -43,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import storage
 from ..evaluation import leaderboard
 from ..errors import ReportError  # noqa: F401  (re-exported)
 
@@ -62,9 +64,19 @@ _REQUIRED = ("trial_id", "method", "primary_value")
 
 def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
     """Build the report of ``sweep_dir``: write ``report.md`` and the PNG plots into ``out_dir``
-    (default ``<sweep_dir>/report``) and return the text."""
-    sweep_dir = Path(sweep_dir)
-    out_dir = Path(out_dir) if out_dir is not None else sweep_dir / REPORT_DIR
+    (default ``<sweep_dir>/report``) and return the text. On object storage the files are made
+    in a local temp dir and uploaded."""
+    target = str(out_dir) if out_dir is not None else storage.join(sweep_dir, REPORT_DIR)
+    if storage.is_uri(target):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="mlem_ray_report_") as local:
+            text = build_report(sweep_dir, Path(local)).replace(local, target)  # plots named where they go
+            (Path(local) / "report.md").write_text(text, encoding="utf-8")
+            storage.upload(local, target)
+        return text
+    sweep_dir = sweep_dir if storage.is_uri(sweep_dir) else Path(sweep_dir)
+    out_dir = Path(target)
     everything = load_leaderboard(sweep_dir)
     ok = everything["status"].isin(["", leaderboard.OK])
     board, failures = everything[ok].reset_index(drop=True), everything[~ok].reset_index(drop=True)
@@ -91,14 +103,18 @@ def load_leaderboard(sweep_dir: Path) -> pd.DataFrame:
     """The leaderboard with missing optional columns filled in, so a board from an older or newer
     driver (or one with extra columns) still reports; refused with one line when there is none."""
     path = leaderboard.path(sweep_dir)
-    if not Path(sweep_dir).is_dir():
+    try:
+        found = storage.is_dir(sweep_dir)
+    except (OSError, storage.StorageError) as e:
+        raise ReportError(f"{sweep_dir}: cannot read it ({str(e).splitlines()[0][:200]})") from None
+    if not found:
         raise ReportError(f"{sweep_dir}: no such directory: give the --out directory of a sweep "
                           "(mlem-ray sweep --out DIR)")
-    if not path.exists():
+    if not storage.exists(path):
         raise ReportError(f"{sweep_dir}: no {LEADERBOARD}: is this a sweep directory (mlem-ray sweep --out DIR)? "
                           "Has any trial finished?")
     try:
-        board = pd.read_parquet(path)
+        board = leaderboard.read(sweep_dir)
     except Exception as e:  # noqa: BLE001 (pyarrow raises several kinds for a damaged file)
         raise ReportError(f"{path}: cannot read the leaderboard ({type(e).__name__}: {e}); "
                           "is a sweep still writing it? Try again") from None
@@ -331,7 +347,7 @@ def metric_columns(rows: pd.DataFrame) -> list[str]:
 def importance_section(board: pd.DataFrame, sweep_dir: Path) -> list[str]:
     """Which swept params moved the primary metric, per stage: a guide for narrowing the space."""
     lines = ["## Parameter importances (Optuna fANOVA on the primary metric)", ""]
-    space, why = load_space(Path(sweep_dir) / SPACE_FILE)
+    space, why = load_space(storage.join(sweep_dir, SPACE_FILE))
     if space is None:
         return lines + [f"Skipped: {why}."]
     originals = board[(board["reseed_of"] == "") & np.isfinite(board["primary_value"].astype(float))]
@@ -342,14 +358,14 @@ def importance_section(board: pd.DataFrame, sweep_dir: Path) -> list[str]:
     return lines[:-1] if lines[-1] == "" else lines
 
 
-def load_space(path: Path):
+def load_space(path):
     """The sweep's search space, or (None, why) — importances are optional, the report is not."""
     from .space import SearchSpace, SpaceError
 
-    if not path.exists():
+    if not storage.exists(path):
         return None, f"no {SPACE_FILE} in the sweep directory (needed for the params' distributions)"
     try:
-        return SearchSpace.load(path), ""
+        return SearchSpace.from_text(storage.read_text(path), str(path)), ""
     except SpaceError as e:
         return None, f"cannot load {SPACE_FILE}: {e}"
 
@@ -437,8 +453,8 @@ def plots_section(board: pd.DataFrame, groups: list[MethodSummary], out_dir: Pat
         return lines
     lines += ["", "## Optuna's view of each stage's study (value: the in-trial score)", ""]
     lines += report_plots.optuna_plots(sweep_dir, out_dir)
-    state = Path(sweep_dir) / "sweep.json"
-    data = json.loads(state.read_text()).get("data") if state.exists() else None
+    state = storage.join(sweep_dir, "sweep.json")
+    data = json.loads(storage.read_text(state)).get("data") if storage.exists(state) else None
     lines += ["", "## Embeddings of the best checkpoint (TensorBoard projector)", ""]
     lines += report_plots.projector(board, out_dir, data)
     return lines

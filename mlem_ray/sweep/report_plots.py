@@ -146,9 +146,13 @@ def projector(board: pd.DataFrame, out_dir: Path, data_path: str | None, sample:
     best = leaderboard.best(main)
     if best is None or not data_path:
         return ["Projector skipped: no scored checkpoint, or the sweep's data set is unknown."]
-    checkpoint = Path(str(best["checkpoint"]))
-    if not (checkpoint / "model.pt").exists() or not (Path(data_path) / "schema.json").exists():
+    from .. import storage
+
+    checkpoint = str(best["checkpoint"])
+    if not storage.exists(storage.join(checkpoint, "model.pt")) or not storage.exists(storage.join(data_path, "schema.json")):
         return [f"Projector skipped: {checkpoint} or the data set {data_path} is not on this machine."]
+    # A checkpoint or data set on object storage: read from this node's cached copy (storage.local_copy).
+    checkpoint, data_path = storage.local_copy(checkpoint), str(storage.local_copy(data_path, by_content=True))
     from tensorboardX import SummaryWriter
 
     from ..data.prepared import EventSequences

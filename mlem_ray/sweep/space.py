@@ -61,9 +61,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import optuna
 import yaml
@@ -307,6 +309,48 @@ class SearchSpace:
             return cls(_two_stage(doc["stages"], path), path)
         stage = _stage(doc, path, "", top_level=True)
         return cls({stage.method: stage}, path)
+
+
+def shipped() -> list[str]:
+    """Names of the search spaces that ship inside the package (mlem_ray/search_spaces/*.yaml)."""
+    return sorted(p.name.removesuffix(".yaml") for p in _shipped_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def _shipped_dir():
+    from importlib.resources import files
+
+    return files("mlem_ray") / "search_spaces"
+
+
+def load_space(arg) -> SearchSpace:
+    """The search space that `--space` names: a file (a path, or a storage URI), else a shipped
+    one by name (`quick`, `mlem.yaml`). Shipped spaces are package data read through
+    importlib.resources, so an installed package finds them from any working directory."""
+    from .. import storage
+
+    text = str(arg)
+    if storage.is_uri(text):
+        try:
+            return SearchSpace.from_text(storage.read_text(text), text)
+        except (OSError, storage.StorageError) as e:
+            raise SpaceError(f"--space {text}: cannot read it ({str(e).splitlines()[0][:200]})") from None
+    if Path(text).is_file() or "/" in text or os.sep in text:
+        return SearchSpace.load(text)
+    name = text.removesuffix(".yaml")
+    if name not in shipped():
+        raise SpaceError(f"--space {text}: no such file, and not a shipped search space "
+                         f"(shipped: {', '.join(shipped())})")
+    return SearchSpace.from_text((_shipped_dir() / f"{name}.yaml").read_text(encoding="utf-8"), f"{name}.yaml")
+
+
+def space_text(arg) -> str:
+    """The YAML text of the space `--space` names (copied into the sweep dir as space.yaml)."""
+    from .. import storage
+
+    text = str(arg)
+    if storage.is_uri(text) or Path(text).is_file() or "/" in text or os.sep in text:
+        return storage.read_text(text)
+    return (_shipped_dir() / f"{text.removesuffix('.yaml')}.yaml").read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------

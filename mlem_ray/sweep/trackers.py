@@ -42,15 +42,32 @@ def missing(names) -> str | None:
     return None
 
 
+def _local(out) -> Path:
+    """Where the trackers' local files go: the sweep dir, or for a sweep on object storage its
+    storage.driver_dir (SQLite and W&B's offline runs need a local disk)."""
+    from .. import storage
+
+    where = storage.driver_dir(out)
+    if storage.is_uri(out):
+        where.mkdir(parents=True, exist_ok=True)
+    return where.resolve()
+
+
+def _name(out) -> str:
+    from .. import storage
+
+    return storage.name(out) if storage.is_uri(out) else Path(out).name
+
+
 def mlflow_uri(out: Path) -> str:
     """MLFLOW_TRACKING_URI when set, else a SQLite store in the sweep directory (MLflow 3 refuses
     its old ./mlruns file store by default; SQLite is its recommended local backend)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{_local(out) / 'mlflow.db'}"
 
 
 def experiment_name(out: Path, stage: str) -> str:
     """One tracker experiment (MLflow) or project group (W&B) per stage of a sweep."""
-    return f"{Path(out).name}-{stage}"
+    return f"{_name(out)}-{stage}"
 
 
 def callbacks(names, out: Path, stage: str) -> list:
@@ -63,8 +80,8 @@ def callbacks(names, out: Path, stage: str) -> list:
         from ray.air.integrations.wandb import WandbLoggerCallback
 
         os.environ.setdefault("WANDB_MODE", "offline")  # Ray's API-key check honours it
-        made.append(WandbLoggerCallback(project=Path(out).name, group=stage, mode=os.environ["WANDB_MODE"],
-                                        dir=str(Path(out).resolve())))
+        made.append(WandbLoggerCallback(project=_name(out), group=stage, mode=os.environ["WANDB_MODE"],
+                                        dir=str(_local(out))))
     return made
 
 
@@ -92,8 +109,8 @@ def log_downstream(names, out: Path, stage: str, rows: list[dict]) -> None:
         import wandb
 
         for row in rows:
-            run = wandb.init(id=row["trial_id"], project=Path(out).name, group=stage, resume="allow",
-                             mode=os.environ.get("WANDB_MODE", "offline"), dir=str(Path(out).resolve()),
+            run = wandb.init(id=row["trial_id"], project=_name(out), group=stage, resume="allow",
+                             mode=os.environ.get("WANDB_MODE", "offline"), dir=str(_local(out)),
                              reinit="create_new")
             run.summary.update(_scores(row))
             run.finish()

@@ -7,13 +7,13 @@ from `Callback.on_trial_complete` (it fires for early-stopped trials too).
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 from ray import tune
 
+from .. import storage
 from ..evaluation import leaderboard
 from ..training.loop import Runtime, resolve_device, train
 from . import optuna_storage, trackers as tracking
@@ -34,7 +34,7 @@ class TrialSettings:
     workers: int = 1  # > 1 (or GPUs): the trial drives a TorchTrainer of that many DDP workers
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 0.5
-    train_storage: str = ""  # where those Train runs keep their checkpoints
+    train_storage: str = ""  # where those Train runs keep their checkpoints (a path or a URI)
 
     @property
     def distributed(self) -> bool:
@@ -70,7 +70,7 @@ def run_trial(sampled: dict, settings: TrialSettings) -> None:
 
         from ..training.ray_train import run_distributed
 
-        run_distributed(cfg, settings.workers, settings.gpus_per_worker, Path(settings.train_storage),
+        run_distributed(cfg, settings.workers, settings.gpus_per_worker, settings.train_storage,
                         name=tune.get_context().get_trial_id(), cpus_per_worker=settings.cpus_per_worker,
                         callbacks=[TuneReportCallback()])
         return
@@ -91,25 +91,35 @@ class ScoreOnComplete(tune.Callback):
     The actor is looked up by name, so a callback restored with the experiment still finds it."""
 
     def __init__(self, actor_name: str, stage: str, method: str, swept: list[str], metric: str, mode: str,
-                 reseed_of: str = ""):
+                 reseed_of: str = "", out: str = ""):
         self.actor_name, self.stage, self.method, self.swept, self.reseed_of = actor_name, stage, method, swept, reseed_of
-        self.metric, self.mode = metric, mode
+        self.metric, self.mode, self.out = metric, mode, out
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         found = kept_checkpoint(trial.run_metadata.checkpoint_manager.best_checkpoint_result)
         if found is None and trial.local_path:  # a multi-worker trial: checkpoints live in its Train run
-            found = best_reported(_read_results(Path(trial.local_path) / "result.json"), self.metric, self.mode)
+            found = best_reported(_read_results(Path(trial.local_path) / "result.json"), self.metric, self.mode,
+                                  self.out)
         if found is not None:
             actor = ray.get_actor(self.actor_name, namespace="mlem_ray")
+            # the storage dir (local_path is a staging copy), as a location the actor can open
             submit(actor, trial.trial_id, trial.config, found, self.stage, self.method, self.swept, self.metric,
-                   self.mode, self.reseed_of, trial.path or "")  # the storage dir: local_path is a staging copy
+                   self.mode, self.reseed_of, in_store(self.out, trial.path) if trial.path else "")
+
+
+def in_store(out: str, path: str) -> str:
+    """A path as Tune reports it (inside the sweep's storage file system: `bucket/...` on object
+    storage) -> a location any process can open (`s3://bucket/...`)."""
+    if not storage.is_uri(out):
+        return path
+    return storage.uri_of(storage.resolve(out)[0], path)
 
 
 def kept_checkpoint(result):
-    """(path, metrics) of the checkpoint Tune kept for a trial (the best by the stage's metric), or None."""
+    """(location, metrics) of the checkpoint Tune kept for a trial (the best by the stage's metric), or None."""
     if result is None or result.checkpoint is None:
         return None
-    return result.checkpoint.path, dict(result.metrics)
+    return storage.uri_of(result.checkpoint.filesystem, result.checkpoint.path), dict(result.metrics)
 
 
 def _score_key(metric: str, mode: str):
@@ -126,14 +136,14 @@ def _score_key(metric: str, mode: str):
     return key
 
 
-def best_reported(rows, metric: str, mode: str) -> tuple[str, dict] | None:
-    """(checkpoint_path, metrics) of the best reported epoch, by the stage's metric, that carried a
-    checkpoint (a multi-worker trial reports its checkpoints as a checkpoint_path metric)."""
+def best_reported(rows, metric: str, mode: str, out: str = "") -> tuple[str, dict] | None:
+    """(checkpoint location, metrics) of the best reported epoch, by the stage's metric, that carried
+    a checkpoint (a multi-worker trial reports its checkpoints as a checkpoint_path metric)."""
     with_ckpt = [r for r in rows if isinstance(r.get("checkpoint_path"), str)]
     if not with_ckpt:
         return None
     best = min(with_ckpt, key=_score_key(metric, mode))
-    return best["checkpoint_path"], best
+    return in_store(out, best["checkpoint_path"]), best
 
 
 def _read_results(path: Path) -> list[dict]:
@@ -160,30 +170,35 @@ def submit(actor, trial_id, config, found, stage, method, swept, metric, mode, r
                               reseed_of, trial_dir)
 
 
-def run_stage(name: str, stage: StageSpace, out: Path, fixed: dict, actor, actor_name: str, cpus_per_trial: float,
+def run_stage(name: str, stage: StageSpace, out: str, fixed: dict, actor, actor_name: str, cpus_per_trial: float,
               max_concurrent: int, resume: bool, trials: int | None = None, param_space: dict | None = None,
               reseed_of: str = "", row_stage: str = "", workers: int = 1, gpus_per_worker: float = 0.0,
               trackers: tuple = ()) -> list[dict]:
-    """Run (or resume) one stage's Tune experiment in `out/name` and wait until every completed
-    trial is on the leaderboard. -> the stage's leaderboard rows (errored and failed ones included:
-    see leaderboard.is_ok). `param_space` replaces the search (used to re-run one config with other
-    seeds; its rows are labelled `row_stage`). The search's Optuna study is kept in the sweep
-    directory (sweep/optuna_storage.py); `trackers`: mlflow, wandb (sweep/trackers.py)."""
+    """Run (or resume) one stage's Tune experiment in `out/name` (`out`: a path or an object-store
+    URI, through storage.ray_storage) and wait until every completed trial is on the leaderboard.
+    -> the stage's leaderboard rows (errored and failed ones included: see leaderboard.is_ok).
+    `param_space` replaces the search (used to re-run one config with other seeds; its rows are
+    labelled `row_stage`). The search's Optuna study is kept in the sweep directory (on object
+    storage: in storage.driver_dir; sweep/optuna_storage.py); `trackers`: mlflow, wandb
+    (sweep/trackers.py)."""
     row_stage = row_stage or name
     settings = TrialSettings(stage, dict(fixed), cpus_per_trial, workers, gpus_per_worker,
-                             train_storage=str((out / f"{name}_train").resolve()))
+                             train_storage=storage.join(out, f"{name}_train"))
     metric, mode = stage.sweep.reported_metric, stage.sweep.mode
     # A distributed trial's own process only drives the TorchTrainer; its workers hold the resources.
     driver_cpus = 0.5 if settings.distributed else cpus_per_trial
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"cpu": driver_cpus})
     swept = list(stage.params) + (["train.seed"] if param_space else [])
-    callback = ScoreOnComplete(actor_name, row_stage, stage.method, swept, metric, mode, reseed_of)
-    experiment = (out / name).resolve()
-    if resume and tune.Tuner.can_restore(str(experiment)):
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    callback = ScoreOnComplete(actor_name, row_stage, stage.method, swept, metric, mode, reseed_of, str(out))
+    where = storage.ray_storage(out)
+    experiment = storage.join(out, name)
+    fs = {"storage_filesystem": where["storage_filesystem"]} if "storage_filesystem" in where else {}
+    restore_at = storage.resolve(experiment)[1] if fs else experiment
+    if resume and tune.Tuner.can_restore(restore_at, **fs):
+        tuner = tune.Tuner.restore(restore_at, trainable=trainable, resume_unfinished=True, resume_errored=True, **fs)
     else:
-        if experiment.exists():
-            shutil.rmtree(experiment)  # a stage interrupted before Tune saved any state
+        if storage.is_dir(experiment):
+            storage.delete(experiment)  # a stage interrupted before Tune saved any state
             optuna_storage.delete_study(out, name)  # and the trials it had asked for
         sweep = stage.sweep
         # Inline trials all ask for the same resources, so one trial process can run the next trial:
@@ -202,7 +217,7 @@ def run_stage(name: str, stage: StageSpace, out: Path, fixed: dict, actor, actor
         else:
             tune_config = tune.TuneConfig(num_samples=1, **common)
         run_config = tune.RunConfig(
-            name=name, storage_path=str(out.resolve()), verbose=1,
+            name=name, **where, verbose=1,
             callbacks=[callback, CurvesOnly(), *tracking.callbacks(trackers, out, row_stage)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
                                                     checkpoint_score_order=mode),
@@ -215,19 +230,19 @@ def run_stage(name: str, stage: StageSpace, out: Path, fixed: dict, actor, actor
     # and it runs calls in order, so these refs resolve once everything before them is scored.
     refs = []
     for result in grid:
-        trial_id = result.metrics.get("trial_id") or Path(result.path).name
+        trial_id = result.metrics.get("trial_id") or storage.name(result.path)
         if result.error is not None:  # listed with its reason (the report shows it), never ranked
             params = {k: result.config[k] for k in swept if k in result.config}
             refs.append(actor.record_error.remote(trial_id, row_stage, stage.method, leaderboard.reason(result.error),
                                                   params, int(result.config.get("train.seed", 0)), reseed_of))
             continue
         kept = sorted(result.best_checkpoints or [], key=lambda cm: _score_key(metric, mode)(cm[1]))
-        found = (kept[0][0].path, dict(kept[0][1])) if kept else None
+        found = (storage.uri_of(kept[0][0].filesystem, kept[0][0].path), dict(kept[0][1])) if kept else None
         if found is None and result.metrics_dataframe is not None:
-            found = best_reported(result.metrics_dataframe.to_dict("records"), metric, mode)
+            found = best_reported(result.metrics_dataframe.to_dict("records"), metric, mode, str(out))
         if found is not None:
             refs.append(submit(actor, trial_id, result.config, found, row_stage, stage.method, swept, metric, mode,
-                               reseed_of, result.path))
+                               reseed_of, in_store(str(out), result.path)))
     rows = _gather(refs)
     optuna_storage.close_stale_trials(out, name)
     tracking.log_downstream(trackers, out, row_stage, [r for r in rows if leaderboard.is_ok(r)])

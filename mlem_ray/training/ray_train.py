@@ -95,11 +95,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
         train(cfg, reporter, runtime, resume=resume, on_batch=hook)
 
 
-def run_distributed(cfg: Config, workers: int, gpus_per_worker: float, storage: Path, name: str,
+def run_distributed(cfg: Config, workers: int, gpus_per_worker: float, storage, name: str,
                     cpus_per_worker: float = 1.0, max_failures: int = 2, resume: str | None = None,
                     callbacks=None, extra: dict | None = None):
-    """Run one pretraining through TorchTrainer. -> ray.train.Result."""
+    """Run one pretraining through TorchTrainer, keeping its checkpoints under `storage` (a path
+    or an object-store URI). -> ray.train.Result."""
     from ray.train.torch import TorchTrainer
+
+    from .. import storage as st
 
     use_gpu = gpus_per_worker > 0
     metric, mode = ranking_metric(cfg)
@@ -110,7 +113,7 @@ def run_distributed(cfg: Config, workers: int, gpus_per_worker: float, storage: 
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str(Path(storage).resolve()), callbacks=callbacks or [],
+            name=name, **st.ray_storage(storage), callbacks=callbacks or [],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
                                                          checkpoint_score_order=mode),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),

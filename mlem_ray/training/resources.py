@@ -18,11 +18,12 @@ def check_gpus(gpus_per_worker: float, workers: int = 1, resources: dict | None 
                             "with --address")
 
 
-def connect(address: str | None, timeout_s: float = 5.0) -> None:
+def connect(address: str | None, timeout_s: float = 5.0, env_vars: dict | None = None) -> None:
     """The one Ray start-up: join the cluster at `address` (auto, HOST:PORT or ray://HOST:PORT) or,
     without one, start Ray in-process with the dashboard (whose state API lets Train clean up the
     placement groups of stopped runs, DESIGN.md). An address nothing answers at is refused with one
-    line: ray.init would retry it for minutes."""
+    line: ray.init would retry it for minutes. `env_vars`: set in every worker (storage.worker_env()
+    for a sweep or run on object storage)."""
     import ray
 
     if ray.is_initialized():
@@ -39,6 +40,7 @@ def connect(address: str | None, timeout_s: float = 5.0) -> None:
                                 ) from None
     try:
         ray.init(address=address or None, namespace="mlem_ray",
+                 **({"runtime_env": {"env_vars": env_vars}} if env_vars else {}),
                  **({} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
     except ConnectionError as e:
         raise ResourceError(f"--address {address}: {' '.join(str(e).split())[:200]}") from None
