@@ -267,7 +267,7 @@ def test_sweep_job_spreads_trials_over_both_nodes(cluster, tmp_path):
     out = tmp_path / "sweep"
     t0 = time.monotonic()
     cluster.submit("mlem-mn-sweep", "--out", str(out), "--space", str(_space(tmp_path)), "--sequences", SEQUENCES)
-    status, text = cluster.wait("mlem-mn-sweep", timeout=240)
+    status, text = cluster.wait("mlem-mn-sweep", timeout=480)
     if status != "SUCCEEDED":
         pytest.fail(f"job ended {status}:\n{text}\n--- ray job logs ---\n{cluster.logs('mlem-mn-sweep')}")
     print(f"job SUCCEEDED in {time.monotonic() - t0:.0f} s")
