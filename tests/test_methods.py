@@ -16,6 +16,7 @@ from mlem_ray.data import FullCollator, EventSequences
 from mlem_ray.data.batching import PaddedBatch
 from mlem_ray.models.build import build_encoder
 from mlem_ray.models.encoders import GRUEncoder
+from mlem_ray.models.recurrence import gru_last_hidden
 from mlem_ray.objectives import InfoNCELoss, MarginLoss, ReconstructionLoss, SigLIPLoss
 from mlem_ray.training import LocalReporter, NonFiniteLossError, train
 from mlem_ray.training.loop import build_training_objective, _param_groups
@@ -146,18 +147,28 @@ def test_embedding_ignores_padding(tiny, encoder):
         torch.testing.assert_close(enc(alone)[0], z50[1], atol=1e-5, rtol=1e-5)
 
 
-def test_gru_length_groups_give_the_packed_embedding():
-    """The training path splits a large batch into length groups; each row must still get the
-    hidden state at its own last event, in the batch's order."""
+@pytest.mark.parametrize("layers", [1, 2])
+def test_cpu_recurrence_matches_torch_gru_values_and_gradients(layers):
+    """The hand-written CPU recurrence (models/recurrence.py) must give torch's GRU embedding and
+    the same gradients for the input and every weight, in float64, rows of any length (0 included)
+    in any order, with and without autograd."""
     torch.manual_seed(0)
-    enc = GRUEncoder(3, 8, buckets=4)
-    lengths = torch.randint(1, 40, (300,))
-    x = torch.randn(300, 40, 3) * (torch.arange(40)[None, :] < lengths[:, None]).unsqueeze(-1)
-    mask = torch.arange(40)[None, :] < lengths[:, None]
-    z_train = enc(x, mask, lengths)
+    rnn = torch.nn.GRU(5, 7, num_layers=layers, batch_first=True).double()
+    lengths = torch.tensor([3, 12, 0, 1, 12, 7, 5, 1, 9])
+    x = torch.randn(9, 12, 5, dtype=torch.double, requires_grad=True)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths.clamp_min(1), batch_first=True, enforce_sorted=False)
+    ref = rnn(packed)[1][-1]
+    got = gru_last_hidden(rnn, x, lengths)
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+    weights = torch.randn_like(ref)
+    wrt = [x, *rnn.parameters()]
+    for a, b in zip(torch.autograd.grad((got * weights).sum(), wrt), torch.autograd.grad((ref * weights).sum(), wrt)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
     with torch.no_grad():
-        z_packed = enc(x, mask, lengths)
-    torch.testing.assert_close(z_train.detach(), z_packed, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(gru_last_hidden(rnn, x, lengths), ref.detach(), atol=1e-12, rtol=1e-12)
+    enc = GRUEncoder(5, 7, layers)
+    enc.rnn.load_state_dict({k: v.float() for k, v in rnn.state_dict().items()})
+    torch.testing.assert_close(enc(x.detach().float(), None, lengths), ref.detach().float(), atol=1e-5, rtol=1e-5)
 
 
 def test_mlem_teacher_gets_no_gradient_and_t_b_train_without_decay(tiny, tmp_path):

@@ -23,8 +23,9 @@ def embed_rows(encoder, seqs: EventSequences, rows: np.ndarray, max_len: int, ba
     Rows are processed in length order so batches carry little padding. `progress`: a tqdm bar
     (sequences) when stderr is a terminal. `precision` bf16/fp16 runs the encoder under autocast
     (training/accel.py)."""
-    from ..training.accel import Precision
+    from ..training.accel import Precision, reuse_freed_memory
 
+    reuse_freed_memory()
     encoder.eval()
     autocast = Precision(precision, torch.device(device)).autocast
     rows = np.asarray(rows, dtype=np.int64)

@@ -20,7 +20,7 @@ from ..config import Config
 from ..data.batching import FullCollator, SequenceDataset, SliceCollator, SliceSampler
 from ..data.prepared import EventSequences
 from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, ResourceError
-from .accel import Precision, prefetch
+from .accel import Precision, prefetch, reuse_freed_memory
 from .checkpoint import check_schema, load_checkpoint, load_encoder, save_checkpoint
 
 
@@ -169,6 +169,7 @@ def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resum
     Each epoch: train, validate, write a checkpoint (rank 0), report. Returns the last metrics.
     `on_batch(epoch, step, batch) -> batch` is a hook for tests and fault injection."""
     runtime = runtime or Runtime(device=resolve_device(cfg.train.device))
+    reuse_freed_memory()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
