@@ -46,8 +46,11 @@ def write_prepared(out, sequences: pa.Table, targets: pa.Table | None, schema: S
         raise DataError(f"--out {out} is a file, not a directory")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        # Fixed writer settings so the same input and seed give byte-identical files.
-        pq.write_table(sequences, tmp / "sequences.parquet", compression="zstd", write_statistics=False)
+        # Fixed writer settings so the same input and seed give byte-identical files. No dictionary
+        # pages: on list columns of floats and codes they cost 30 % of the write (the largest part
+        # of ingest) and made the file 7 % larger (1M events: 0.238 -> 0.169 s, 16.4 -> 15.3 MiB).
+        pq.write_table(sequences, tmp / "sequences.parquet", compression="zstd", write_statistics=False,
+                       use_dictionary=False)
         with ipc.new_file(tmp / "sequences.arrow", sequences.schema) as writer:
             writer.write_table(sequences)
         if targets is not None:
