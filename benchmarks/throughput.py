@@ -1,5 +1,6 @@
-"""CoLES training and inference throughput on the field's standard workload (DESIGN.md), next to
-pytorch-lifestream 0.7.0's figures on this machine class.
+"""CoLES training and inference throughput on the field's standard workload (DESIGN.md), this
+project alone. Ratios to pytorch-lifestream come only from benchmarks/vs_ptls.py, which runs both
+side by side on one machine in one run (a figure measured elsewhere is not comparable).
 
     python benchmarks/throughput.py [--events DIR_OR_PARQUET] [--steps 40]
 
@@ -22,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-LIFESTREAM = {"train_clients_per_s": 88.0, "infer_sequences_per_s": 316.0}
 SHARED_GENERATOR = Path(__file__).resolve().parents[2] / "shared" / "bench" / "make_synthetic_events.py"
 
 
@@ -89,12 +89,9 @@ def main() -> None:
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"workload: {source.name if args.events else ('shared generator' if SHARED_GENERATOR.exists() else 'benchmarks/ingest.py table')}, "
           f"{int(seqs.lengths.sum()):,} events, {len(seqs):,} clients; torch threads {torch.get_num_threads()}")
-    print(f"{'':<30}{'mlem_ray':>12}{'lifestream':>12}{'ratio':>8}{'target':>8}")
-    print(f"{'CoLES training, clients/s':<30}{clients_per_s:>12.1f}{LIFESTREAM['train_clients_per_s']:>12.1f}"
-          f"{clients_per_s / LIFESTREAM['train_clients_per_s']:>8.2f}{'>= 1.5':>8}")
-    print(f"{'inference, sequences/s':<30}{infer_per_s:>12.1f}{LIFESTREAM['infer_sequences_per_s']:>12.1f}"
-          f"{infer_per_s / LIFESTREAM['infer_sequences_per_s']:>8.2f}{'>= 3':>8}")
-    print(f"peak RSS {peak_gb:.2f} GB (lifestream: 1.5 GB)")
+    print(f"{'CoLES training, clients/s':<30}{clients_per_s:>12.1f}")
+    print(f"{'inference, sequences/s':<30}{infer_per_s:>12.1f}")
+    print(f"peak RSS {peak_gb:.2f} GB  (ratios to pytorch-lifestream: benchmarks/vs_ptls.py)")
 
 
 if __name__ == "__main__":

