@@ -1,5 +1,9 @@
 """Precision (fp32 / bf16 / fp16 autocast), batch prefetching and DataLoader workers, on CPU."""
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,3 +112,23 @@ def test_bad_precision_is_a_config_error():
         make_config("coles", {"train.precision": "fp8"})
     with pytest.raises(ConfigError, match="loader_workers"):
         make_config("coles", {"train.loader_workers": -1})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_malloc_keeps_freed_memory_unless_told_not_to():
+    """After reuse_freed_memory() a 64 MiB tensor comes from malloc's heap (which keeps freed
+    memory for reuse), not from its own mmap (which is unmapped on free); MLEM_RAY_MALLOC=default
+    leaves malloc alone. mallinfo2().hblkhd: the bytes malloc holds in mmap'd blocks."""
+    probe = ("import ctypes, torch; from mlem_ray.training.accel import reuse_freed_memory; "
+             "on = reuse_freed_memory(); x = torch.empty(2**24); "
+             "Info = type('Info', (ctypes.Structure,), {'_fields_': [(f'f{i}', ctypes.c_size_t) for i in range(10)]}); "
+             "libc = ctypes.CDLL('libc.so.6'); libc.mallinfo2.restype = Info; "
+             "print(on, libc.mallinfo2().f4 >= 2**26)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    on = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    if "mallinfo2" in on.stderr:
+        pytest.skip("glibc older than 2.33: no mallinfo2")
+    assert on.stdout.split() == ["True", "False"], on.stderr
+    off = subprocess.run([sys.executable, "-c", probe], env={**env, "MLEM_RAY_MALLOC": "default"},
+                         capture_output=True, text=True, timeout=120)
+    assert off.stdout.split() == ["False", "True"], off.stderr
