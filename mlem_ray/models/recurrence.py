@@ -113,7 +113,11 @@ class _Recurrence(torch.autograd.Function):
 
 def gru_last_hidden(rnn: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """(B, T, F) padded, batch-first -> (B, H): the top layer's hidden state after each row's last
-    valid event (a length of 0 counts as 1), with or without gradients."""
+    valid event (a length of 0 counts as 1), with or without gradients. Runs in the weights' dtype
+    with autocast off (the buffers it writes into are of one dtype)."""
+    if torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return gru_last_hidden(rnn, x.to(rnn.weight_hh_l0.dtype), lengths)
     lengths = lengths.clamp_min(1).cpu()
     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     batch_sizes = packed.batch_sizes.tolist()
