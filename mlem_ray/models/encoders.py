@@ -13,8 +13,8 @@ from .recurrence import gru_last_hidden
 class GRUEncoder(nn.Module):
     """GRU whose embedding is the hidden state after the last valid event, so padding never
     changes it. On CPU the recurrence runs over length-sorted packed rows with a hand-written
-    backward (models/recurrence.py: 1.45x faster than torch's padded GRU on 320 CoLES slices of
-    25..100 events, hidden 256, forward + backward); on a GPU it is cuDNN's packed GRU, one fused
+    backward (models/recurrence.py: 1.28x faster than torch's padded GRU on 320 CoLES slices of
+    25..100 events, hidden 256, forward + backward, median of 8); on a GPU it is cuDNN's packed GRU, one fused
     kernel per layer, forward and backward. Both use the same `nn.GRU` parameters."""
 
     # Under bf16/fp16 autocast the recurrence stays fp32 (its input is cast back): cuDNN's bf16 RNN
