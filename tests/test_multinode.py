@@ -273,7 +273,7 @@ def _node_pid_root(node: Node) -> Path:
     return Path(f"/proc/{node.proc.pid}/root")
 
 
-def test_sweep_through_a_bucket_spreads_trials_over_both_nodes(cluster, tmp_path):
+def test_sweep_through_a_bucket_spreads_trials_over_both_nodes(cluster, tmp_path, monkeypatch):
     """The cloud-cluster case: --out and --data are s3:// URIs on a real S3 server, and the only
     path both nodes share is the bucket. The data set is prepared where the worker node cannot see
     it (its private tmpfs), each node's cache (MLEM_RAY_CACHE) is a directory only that node sees,
@@ -293,59 +293,55 @@ def test_sweep_through_a_bucket_spreads_trials_over_both_nodes(cluster, tmp_path
 
     with S3Server(cluster.base / "s3") as s3:
         s3.make_bucket("bucket")
-        saved = dict(os.environ)
-        os.environ.update(s3.env)
-        try:
-            local = cluster.hidden / "data"  # the head's disk; an empty tmpfs on the worker node
-            made = subprocess.run([sys.executable, "-m", "mlem_ray", "data", "pendulum", "--out", str(local),
-                                   "--sequences", SEQUENCES], capture_output=True, text=True, timeout=180,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
-            assert made.returncode == 0, made.stderr
-            storage.upload(local, "s3://bucket/data")
-            cache = cluster.hidden / "cache"  # the same path, a different directory on each node
-            runtime_env = yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())
-            runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **s3.env, "MLEM_RAY_CACHE": str(cache)}
-            env_file = tmp_path / "runtime_env.yaml"
-            env_file.write_text(yaml.safe_dump(runtime_env))
-            out = "s3://bucket/sweep"
-            t0 = time.monotonic()
-            cluster.submit("mlem-mn-bucket", "--out", out, "--data", "s3://bucket/data",
-                           "--space", str(_space(tmp_path)), runtime_env=env_file)
-            status, text = cluster.wait("mlem-mn-bucket", timeout=480)
-            if status != "SUCCEEDED":
-                pytest.fail(f"job ended {status}:\n{text}\n--- ray job logs ---\n{cluster.logs('mlem-mn-bucket')}")
-            print(f"job SUCCEEDED in {time.monotonic() - t0:.0f} s")
+        for key, value in s3.env.items():  # for this process's own bucket reads
+            monkeypatch.setenv(key, value)
+        local = cluster.hidden / "data"  # the head's disk; an empty tmpfs on the worker node
+        made = subprocess.run([sys.executable, "-m", "mlem_ray", "data", "pendulum", "--out", str(local),
+                               "--sequences", SEQUENCES], capture_output=True, text=True, timeout=180,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+        assert made.returncode == 0, made.stderr
+        storage.upload(local, "s3://bucket/data")
+        cache = cluster.hidden / "cache"  # the same path, a different directory on each node
+        runtime_env = yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **s3.env, "MLEM_RAY_CACHE": str(cache)}
+        env_file = tmp_path / "runtime_env.yaml"
+        env_file.write_text(yaml.safe_dump(runtime_env))
+        out = "s3://bucket/sweep"
+        t0 = time.monotonic()
+        cluster.submit("mlem-mn-bucket", "--out", out, "--data", "s3://bucket/data",
+                       "--space", str(_space(tmp_path)), runtime_env=env_file)
+        status, text = cluster.wait("mlem-mn-bucket", timeout=480)
+        if status != "SUCCEEDED":
+            pytest.fail(f"job ended {status}:\n{text}\n--- ray job logs ---\n{cluster.logs('mlem-mn-bucket')}")
+        print(f"job SUCCEEDED in {time.monotonic() - t0:.0f} s")
 
-            board = leaderboard.read(out)
-            trials = sorted(t for t in storage.listdir(f"{out}/coles") if storage.exists(f"{out}/coles/{t}/result.json"))
-            assert len(trials) == SPACE["sweep"]["trials"]
-            assert len(board) == len(trials) and board["trial_id"].is_unique
-            assert set(board["trial_id"]) == set(trials)
-            assert all(c.startswith(f"{out}/coles/") for c in board["checkpoint"]), board["checkpoint"].tolist()
+        board = leaderboard.read(out)
+        trials = sorted(t for t in storage.listdir(f"{out}/coles") if storage.exists(f"{out}/coles/{t}/result.json"))
+        assert len(trials) == SPACE["sweep"]["trials"]
+        assert len(board) == len(trials) and board["trial_id"].is_unique
+        assert set(board["trial_id"]) == set(trials)
+        assert all(c.startswith(f"{out}/coles/") for c in board["checkpoint"]), board["checkpoint"].tolist()
 
-            node_of = {}
-            for trial in trials:
-                files = storage.listdir(f"{out}/coles/{trial}")
-                assert any(f.startswith("events.out.tfevents.") for f in files), f"no TensorBoard file for {trial}"
-                rows = [json.loads(line) for line in storage.read_text(f"{out}/coles/{trial}/result.json").splitlines()
-                        if line.strip()]
-                assert len(rows) == SPACE["sweep"]["epochs"]
-                ids = {r["node_id"] for r in rows}
-                assert len(ids) == 1, f"trial {trial} reported from several nodes: {ids}"
-                node_of[trial] = ids.pop()
-            for trial, node in sorted(node_of.items()):
-                print(f"trial {trial}: node {node[:8]} ({'head' if node == cluster.head_id else 'worker'})")
-            assert set(node_of.values()) == {cluster.head_id, cluster.worker_id}
+        node_of = {}
+        for trial in trials:
+            files = storage.listdir(f"{out}/coles/{trial}")
+            assert any(f.startswith("events.out.tfevents.") for f in files), f"no TensorBoard file for {trial}"
+            rows = [json.loads(line) for line in storage.read_text(f"{out}/coles/{trial}/result.json").splitlines()
+                    if line.strip()]
+            assert len(rows) == SPACE["sweep"]["epochs"]
+            ids = {r["node_id"] for r in rows}
+            assert len(ids) == 1, f"trial {trial} reported from several nodes: {ids}"
+            node_of[trial] = ids.pop()
+        for trial, node in sorted(node_of.items()):
+            print(f"trial {trial}: node {node[:8]} ({'head' if node == cluster.head_id else 'worker'})")
+        assert set(node_of.values()) == {cluster.head_id, cluster.worker_id}
 
-            worker = next(n for n in cluster.nodes if n.name == "worker")
-            worker_cache = _node_pid_root(worker) / str(cache).lstrip("/") / "data"
-            copies = [d for d in worker_cache.iterdir() if (d / "sequences.arrow").exists()] if worker_cache.exists() else []
-            assert copies, f"the worker node has no copy of the data set in its own cache {cache}"
-            assert (copies[0] / "sequences.arrow").read_bytes() == (local / "sequences.arrow").read_bytes()
-            assert not (_node_pid_root(worker) / str(local).lstrip("/")).exists()  # it never saw the head's copy
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        worker = next(n for n in cluster.nodes if n.name == "worker")
+        worker_cache = _node_pid_root(worker) / str(cache).lstrip("/") / "data"
+        copies = [d for d in worker_cache.iterdir() if (d / "sequences.arrow").exists()] if worker_cache.exists() else []
+        assert copies, f"the worker node has no copy of the data set in its own cache {cache}"
+        assert (copies[0] / "sequences.arrow").read_bytes() == (local / "sequences.arrow").read_bytes()
+        assert not (_node_pid_root(worker) / str(local).lstrip("/")).exists()  # it never saw the head's copy
 
 
 def test_out_the_worker_cannot_see_is_refused(cluster, tmp_path):
