@@ -275,3 +275,68 @@ def test_flights_planes(tmp_path):
     assert 3000 <= np.isfinite(seqs.targets).sum() <= 3400
     with pytest.raises(DataError):
         IngestSpec(id_col="a", time_col="b", max_len=0)
+
+
+def _shards_of(table: pa.Table, cuts) -> list[pa.Table]:
+    bounds = [0, *cuts, table.num_rows]
+    return [table.slice(a, b - a) for a, b in zip(bounds, bounds[1:])]
+
+
+def test_sharded_data_set_reads_as_the_one_file_set(tmp_path):
+    """Three shards (one written as two record batches) give the same rows, offsets, batches and
+    aggregates as the same sequences in one file; the listing records each shard's size."""
+    from mlem_ray.evaluation.aggregates import aggregate_features
+
+    one = make_pendulum_set(tmp_path / "one")
+    a = EventSequences.open(one)
+    table = pa.ipc.open_file(pa.memory_map(str(one / "sequences.arrow"))).read_all()
+    parts = _shards_of(table, [17, 40])
+    parts[1] = pa.Table.from_batches(parts[1].to_batches(max_chunksize=9))  # several batches in one shard
+    targets = pq.read_table(one / "targets.parquet") if (one / "targets.parquet").exists() else None
+    write_prepared(tmp_path / "three", parts, targets, a.schema)
+    listing = json.loads((tmp_path / "three" / "schema.json").read_text())["shards"]
+    assert [s["name"] for s in listing] == ["sequences-00000", "sequences-00001", "sequences-00002"]
+    assert [s["sequences"] for s in listing] == [17, 23, len(a) - 40]
+    assert sum(s["events"] for s in listing) == int(a.lengths.sum())
+    b = EventSequences.open(tmp_path / "three")
+    assert len(b) == len(a) and b.ids.to_pylist() == a.ids.to_pylist()
+    assert np.array_equal(b.offsets, a.offsets) and np.array_equal(b.lengths, a.lengths)
+    assert list(b.split) == list(a.split)
+    if a.targets is not None:
+        assert np.array_equal(np.nan_to_num(b.targets, nan=-1), np.nan_to_num(a.targets, nan=-1))
+    rows = np.array([59, 0, 16, 17, 39, 40, 25])
+    for collate in (FullCollator(a, 30), SliceCollator(a, SliceSampler(3, 2, 8), seed=1)):
+        other = type(collate)(b, 30) if isinstance(collate, FullCollator) else SliceCollator(b, SliceSampler(3, 2, 8), seed=1)
+        x, y = collate(rows), other(rows)
+        for name in ("cat", "num", "num_mask", "dt", "mask", "lengths", "seq_index"):
+            assert torch.equal(getattr(x, name), getattr(y, name)), name
+    fa, _ = aggregate_features(a, rows)
+    fb, _ = aggregate_features(b, rows)
+    assert np.array_equal(fa, fb)
+    with pytest.raises(IndexError):
+        b.event_time[np.array([b.num_events])]
+
+
+def test_sharded_data_set_refuses_a_missing_or_foreign_shard(tmp_path):
+    one = make_pendulum_set(tmp_path / "one")
+    a = EventSequences.open(one)
+    table = pa.ipc.open_file(pa.memory_map(str(one / "sequences.arrow"))).read_all()
+    write_prepared(tmp_path / "three", _shards_of(table, [10, 30]), None, a.schema)
+    shard = tmp_path / "three" / "sequences-00001.arrow"
+    kept = shard.read_bytes()
+    shard.write_bytes(kept[: len(kept) // 2])
+    with pytest.raises(DataError, match="sequences-00001.arrow is damaged"):
+        EventSequences.open(tmp_path / "three")
+    other = tmp_path / "three" / "sequences-00000.arrow"
+    shard.write_bytes(other.read_bytes())  # another shard's rows where this one belongs
+    with pytest.raises(DataError, match="lists 20"):
+        EventSequences.open(tmp_path / "three")
+    shard.unlink()
+    with pytest.raises(DataError, match="sequences-00001.arrow is missing"):
+        EventSequences.open(tmp_path / "three")
+
+
+def make_pendulum_set(path):
+    from conftest import make_pendulum
+
+    return make_pendulum(path, sequences=60, seed=3)

@@ -62,17 +62,17 @@ def gather_events(seqs: EventSequences, event_index: np.ndarray, mask: np.ndarra
 
     ``rows`` are the source sequences' row numbers (for seq_index and targets)."""
     idx = np.where(mask, event_index, 0)
-    n_cat, n_num = len(seqs.cats), len(seqs.nums)
     B, T = idx.shape
-    cat = np.zeros((B, T, n_cat), np.int64)
-    for j, codes in enumerate(seqs.cats):
-        cat[:, :, j] = np.where(mask, codes[idx], 0)
-    num = np.zeros((B, T, n_num), np.float32)
-    for j, values in enumerate(seqs.nums):
-        num[:, :, j] = values[idx]
+    values = seqs.take(idx)
+    cat = np.zeros((B, T, len(values.cats)), np.int64)
+    for j, codes in enumerate(values.cats):
+        cat[:, :, j] = np.where(mask, codes, 0)
+    num = np.zeros((B, T, len(values.nums)), np.float32)
+    for j, v in enumerate(values.nums):
+        num[:, :, j] = v
     num_mask = ~np.isnan(num) & mask[:, :, None]
     num = np.where(num_mask, num, 0.0).astype(np.float32)
-    times = seqs.event_time[idx]
+    times = values.time
     dt = np.zeros((B, T), np.float32)
     if T > 1:
         dt[:, 1:] = np.where(mask[:, 1:], times[:, 1:] - times[:, :-1], 0.0)

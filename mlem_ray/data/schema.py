@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from ..errors import DataError  # noqa: F401  (re-exported)
 
@@ -52,6 +52,10 @@ class Schema:
     seed: int = 0
     counts: dict = field(default_factory=dict)
     source: str = ""
+    # The sequences' shards in row order, as the writer recorded them (prepared.shard_entry):
+    # name, sequences, events, code_max. Empty for data sets written before shards were listed,
+    # whose one shard is ``sequences``.
+    shards: tuple = ()
 
     @property
     def cat_names(self) -> list[str]:
@@ -74,6 +78,9 @@ class Schema:
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
+    def with_shards(self, shards) -> Schema:
+        return replace(self, shards=tuple(dict(s) for s in shards))
+
     def to_json(self) -> str:
         d = asdict(self)
         d["fingerprint"] = self.fingerprint()
@@ -81,13 +88,30 @@ class Schema:
 
     @classmethod
     def from_dict(cls, d: dict) -> Schema:
-        d = dict(d)
-        d.pop("fingerprint", None)
+        """Keys this version does not know (a newer writer's additions) are ignored on purpose: they
+        cannot change how the fields it does know were encoded. A missing or mistyped known key is
+        refused (raises KeyError, TypeError or ValueError; `load` names the file)."""
+        if not isinstance(d, dict):
+            raise TypeError(f"a JSON object was expected, not {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
         d["categorical"] = tuple(
-            CategoricalField(c["name"], tuple(c["vocabulary"])) for c in d["categorical"]
+            CategoricalField(str(c["name"]), tuple(str(v) for v in c["vocabulary"])) for c in d["categorical"]
         )
-        d["numeric"] = tuple(NumericField(**n) for n in d["numeric"])
+        d["numeric"] = tuple(NumericField(str(n["name"]), float(n["center"]), float(n["scale"])) for n in d["numeric"])
         d["class_names"] = tuple(d.get("class_names") or ())
+        d["shards"] = tuple(dict(s) for s in d.get("shards") or ())
+        for s in d["shards"]:
+            if not isinstance(s.get("name"), str) or not isinstance(s.get("sequences"), int):
+                raise ValueError("a shard entry needs a name and a sequence count")
+        for key in ("id_col", "time_col", "time_unit"):
+            if not isinstance(d[key], str):
+                raise TypeError(f"{key!r} must be text")
+        if d["time_unit"] not in TIME_UNITS:
+            raise ValueError(f"unknown time_unit {d['time_unit']!r}")
+        for key in ("max_len", "min_len", "seed"):
+            if key in d and not isinstance(d[key], int):
+                raise TypeError(f"{key!r} must be an integer")
         return cls(**d)
 
     @classmethod
@@ -97,4 +121,11 @@ class Schema:
             path = path / "schema.json"
         if not path.exists():
             raise DataError(f"{path} not found: is this a prepared data set (mlem-ray data ...)?")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{path} is unreadable or not JSON ({str(e)[:120]}); re-run `mlem-ray data` to prepare it") from None
+        except KeyError as e:
+            raise DataError(f"{path} lacks the key {e}; it was not written by `mlem-ray data`, re-run it") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise DataError(f"{path} is malformed ({str(e)[:120]}); re-run `mlem-ray data` to prepare it") from None

@@ -34,14 +34,15 @@ def aggregate_features(seqs: EventSequences, rows=None) -> tuple[np.ndarray, lis
     nonempty = lengths > 0
 
     columns, names = [lengths.astype(np.float64)], ["length"]
-    times = seqs.event_time[events]
+    values = seqs.take(events)
+    times = values.time
     span = np.zeros(n)
     span[nonempty] = _segment_reduce(np.fmax, times, lengths) - _segment_reduce(np.fmin, times, lengths)
     columns.append(span)
     names.append("time_span")
 
-    for field, values in zip(seqs.schema.numeric, seqs.nums):
-        x = values[events].astype(np.float64) * field.scale + field.center
+    for field, stored in zip(seqs.schema.numeric, values.nums):
+        x = stored.astype(np.float64) * field.scale + field.center
         valid = np.isfinite(x)
         count = np.bincount(seg, weights=valid, minlength=n)
         total = np.bincount(seg, weights=np.where(valid, x, 0.0), minlength=n)
@@ -57,9 +58,9 @@ def aggregate_features(seqs: EventSequences, rows=None) -> tuple[np.ndarray, lis
         columns += [mean, std, lo, hi, total]
         names += [f"{field.name}_{stat}" for stat in NUMERIC_STATS]
 
-    for field, codes in zip(seqs.schema.categorical, seqs.cats):
+    for field, codes in zip(seqs.schema.categorical, values.cats):
         k = field.num_codes
-        counts = np.bincount(seg * k + codes[events].astype(np.int64), minlength=n * k).reshape(n, k)
+        counts = np.bincount(seg * k + codes.astype(np.int64), minlength=n * k).reshape(n, k)
         share = counts[:, UNSEEN_CODE:] / np.maximum(lengths, 1)[:, None]
         columns += list(share.T)
         names += [f"{field.name}=<unseen>"] + [f"{field.name}={v}" for v in field.vocabulary]
