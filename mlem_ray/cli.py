@@ -62,11 +62,11 @@ def _data(args) -> int:
     return 0
 
 
-def _run_config(args):
-    """Config from --config YAML, the method's defaults and --set overrides, plus the data path."""
+def _config_sources(args) -> tuple[dict | None, dict]:
+    """(--config YAML as a nested dict or None, flat overrides from --set, --epochs and --teacher)."""
     import yaml
 
-    from .config import make_config, parse_overrides
+    from .config import parse_overrides
 
     base = None
     if getattr(args, "config", None):
@@ -77,12 +77,11 @@ def _run_config(args):
         except yaml.YAMLError as e:
             raise UsageError(f"--config {args.config} is not valid YAML: {str(e).splitlines()[0]}") from None
     overrides = parse_overrides(args.set)
-    overrides["data.path"] = str(args.data)
     if args.epochs is not None:
         overrides["train.epochs"] = args.epochs
     if getattr(args, "teacher", None):
         overrides["objective.teacher"] = str(args.teacher)
-    return make_config(args.method, overrides, base)
+    return base, overrides
 
 
 def _check_data_dir(path) -> None:
@@ -96,97 +95,22 @@ def _check_data_dir(path) -> None:
         raise DataError(f"--data {path} is not a prepared data set (no schema.json); create it with `mlem-ray data ...`")
 
 
-def _staging(out: str) -> Path:
-    """A pretrain --out on object storage runs in a local directory (one per URI, so --resume finds
-    it again) and is uploaded at the end; a plain path is used as it is."""
-    import hashlib
-
-    from . import storage
-
-    if not storage.is_uri(out):
-        return Path(out)
-    return storage.cache_root() / "pretrain" / hashlib.sha256(out.encode()).hexdigest()[:24]
-
-
 def _pretrain(args) -> int:
-    import shutil
-
-    from .training import LocalReporter, train
-    from .training.loop import preflight
+    from .training.run import PretrainJob, run_pretrain
 
     _check_data_dir(args.data)
-    cfg = _run_config(args)
-    if args.workers < 1 or args.gpus_per_worker < 0:
-        raise UsageError("--workers must be >= 1 and --gpus-per-worker >= 0")
-    if cfg.objective.method == "mlem" and not cfg.objective.teacher:
-        raise UsageError("--method mlem needs --teacher CKPT: a CoLES checkpoint trained on the same data")
-    # Everything refusable is refused before --out is touched.
-    preflight(cfg, local_device=args.workers == 1 and not args.gpus_per_worker)
+    base, overrides = _config_sources(args)
+    job = PretrainJob(method=args.method, data=str(args.data), out=str(args.out or ""), overrides=overrides,
+                      base=base, resume=args.resume, overwrite=args.overwrite, workers=args.workers,
+                      gpus_per_worker=args.gpus_per_worker, address=args.address)
+    result = run_pretrain(job, say=lambda line: print(line, flush=True))
     from . import storage
 
-    target = str(args.out or f"runs/pretrain-{cfg.objective.method}")
-    if storage.is_uri(target):
-        try:
-            storage.check_access(target)
-        except storage.StorageError as e:
-            raise UsageError(f"--out {e}") from None
-    resume = None
-    if args.resume:
-        if not storage.exists(storage.join(target, "last", "model.pt")):
-            raise UsageError(f"--resume: {target} holds no run to continue (no {storage.join(target, 'last')})")
-        resume = storage.join(target, "last")
-    elif storage.is_dir(target) and storage.listdir(target):
-        if not args.overwrite:
-            raise UsageError(f"--out {target} already holds a run; pass --resume to continue it or --overwrite to start over")
-        storage.delete(target)
-    if args.workers > 1 or args.gpus_per_worker > 0:
-        return _pretrain_distributed(args, cfg, target, resume)
-    out = _staging(target)
-    if storage.is_uri(target):
-        shutil.rmtree(out, ignore_errors=True)
-        if resume:
-            storage.download(resume, out / "last")
-            resume = out / "last"
-    print(f"pretraining {cfg.objective.method} on {args.data} -> {target}", flush=True)
-    from .training.loop import Runtime, resolve_device
-
-    metrics = train(cfg, LocalReporter(out), Runtime(device=resolve_device(cfg.train.device), progress=True),
-                    resume=resume)
-    if storage.is_uri(target):
-        storage.upload(out, target)
-        shutil.rmtree(out, ignore_errors=True)
-    if not metrics:
-        print(f"{target}: already trained for {cfg.train.epochs} epochs; nothing to do")
+    if result.best_val_loss is None:
+        print(f"{result.out}: already trained for {result.epochs} epochs; nothing to do")
     else:
-        print(f"best checkpoint: {storage.join(target, 'best')} (val_loss {metrics['best_val_loss']:.4g}); "
-              f"resume state: {storage.join(target, 'last')}")
-    return 0
-
-
-def _pretrain_distributed(args, cfg, out: str, resume) -> int:
-    """N DDP workers through Ray Train; best/ and last/ are copied out of the Train run (`out`: a
-    path or a URI; the Train run keeps its checkpoints there too)."""
-    import ray
-
-    from . import storage
-    from .training.ray_train import run_distributed
-    from .training.resources import check_gpus, connect
-
-    connect(args.address, env_vars=storage.worker_env() if storage.is_uri(out) or storage.is_uri(args.data) else None)
-    check_gpus(args.gpus_per_worker, args.workers)
-    global_batch = cfg.data.batch_size * args.workers
-    print(f"pretraining {cfg.objective.method} on {args.data} with {args.workers} Ray Train workers "
-          f"(global batch {global_batch} sequences) -> {out}", flush=True)
-    result = run_distributed(cfg, args.workers, args.gpus_per_worker, storage.join(out, "ray_train"), name="run",
-                             cpus_per_worker=max(0.5, (ray.cluster_resources().get("CPU", 1) / args.workers)
-                                                 if not args.gpus_per_worker else 1.0), resume=resume,
-                             # metrics.jsonl + scalars, as a local run (a URI --out: rank 0 has no local view of it)
-                             extra={} if storage.is_uri(out) else {"log_dir": str(Path(out).resolve())})
-    best, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1].get("val_loss", float("inf")))
-    for name, ckpt in (("best", best), ("last", result.checkpoint)):
-        storage.copy_dir(storage.uri_of(ckpt.filesystem, ckpt.path), storage.join(out, name))
-    print(f"best checkpoint: {storage.join(out, 'best')} (val_loss {best_metrics.get('val_loss', float('inf')):.4g}); "
-          f"resume state: {storage.join(out, 'last')}")
+        print(f"best checkpoint: {storage.join(result.out, 'best')} (val_loss {result.best_val_loss:.4g}); "
+              f"resume state: {storage.join(result.out, 'last')}")
     return 0
 
 

@@ -16,6 +16,14 @@ from .errors import ConfigError  # noqa: F401  (re-exported)
 
 METHODS = ("coles", "generative", "hybrid", "mlem", "supervised")
 
+# The in-trial selection score's vocabulary (training/selection.py computes it). One name per knob,
+# in a run config and in a search space's sweep block alike: `selection` (what ranks: probe |
+# rankme | val_loss), `selection_every` (score every N epochs), `selection_size` (sequences embedded).
+SELECTION_METRICS = ("probe", "rankme", "val_loss")
+# What a run reports for each selection metric (the name Tune, ASHA and Optuna compare), and its direction.
+REPORTED = {"probe": ("probe_score", "max"), "rankme": ("rankme", "max"), "val_loss": ("val_loss", "min")}
+SELECTION_SIZE = 4096  # training-pool sequences embedded for the score
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -125,9 +133,9 @@ class TrainConfig:
     # budget_steps x data.batch_size x workers. The budget that compares methods: deterministic.
     budget_cpu_s: float = 0.0  # a safety cap in process CPU time (0: none); depends on machine load,
     # so no comparison of methods may use it
-    selection: str = "none"  # in-trial selection score each epoch: none | probe | rankme (evaluation/selection.py)
+    selection: str = "none"  # in-trial selection score each epoch: none | probe | rankme (training/selection.py)
     selection_every: int = 1  # score every N epochs (and the last); only scored epochs carry a checkpoint
-    selection_size: int = 4096  # at most this many training-pool sequences are embedded for the score
+    selection_size: int = SELECTION_SIZE  # at most this many training-pool sequences are embedded for the score
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler); training/accel.py
     prefetch: int = 0  # batches built ahead of the step in a background thread (0: built in the step)
     loader_workers: int = 0  # DataLoader worker processes building batches (0: in the training process)

@@ -155,7 +155,7 @@ def test_a_stage_goes_on_past_a_failed_scoring_and_an_errored_trial(ray_instance
     from mlem_ray.sweep.space import SearchSpace
     from mlem_ray.sweep.tuner import run_stage
 
-    doc = {"method": "coles", "sweep": {"trials": 3, "epochs": 1, "scheduler": "none", "metric": "rankme", "finalists": 1},
+    doc = {"method": "coles", "sweep": {"trials": 3, "epochs": 1, "scheduler": "none", "selection": "rankme", "finalists": 1},
            "params": {"model.hidden": 16, "data.slice_min": 5, "data.slice_max": 20, "train.steps_per_epoch": 2}}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(doc))
     stages = _resolve_metrics(SearchSpace.load(tmp_path / "space.yaml").stages, str(data))

@@ -132,7 +132,7 @@ def test_quick_space_stays_small():
 def test_hand_written_space_maps_to_exact_distributions(tmp_path):
     path = write(tmp_path, """
         method: hybrid
-        sweep: {trials: 7, scheduler: none, epochs: 4, metric: probe, mode: max, seed: 3, finalists: 2}
+        sweep: {trials: 7, scheduler: none, epochs: 4, selection: probe, mode: max, seed: 3, finalists: 2}
         params:
           optim.lr: {type: log_float, low: 1.0e-4, high: 1.0e-2}
           optim.weight_decay: {type: float, low: 1e-5, high: 1e-2, log: true}   # YAML text, converted
@@ -149,7 +149,7 @@ def test_hand_written_space_maps_to_exact_distributions(tmp_path):
     space = SearchSpace.load(path)
     assert not space.is_two_stage and list(space.stages) == ["hybrid"]
     stage = space.stages["hybrid"]
-    assert stage.sweep == StageSweep(trials=7, scheduler="none", epochs=4, metric="probe", mode="max",
+    assert stage.sweep == StageSweep(trials=7, scheduler="none", epochs=4, selection="probe", mode="max",
                                      seed=3, finalists=2)
     assert stage.optuna_space() == {
         "optim.lr": FloatDistribution(1e-4, 1e-2, log=True),

@@ -129,7 +129,7 @@ def test_leaderboard_append_is_atomic_and_reads_back(tmp_path):
 
 W_ALIGN_ONLY = """
 method: mlem
-sweep: {trials: 4, epochs: 2, metric: val_loss}
+sweep: {trials: 4, epochs: 2, selection: val_loss}
 params:
   objective.w_align: {type: log_float, low: 1.0, high: 1000.0}
 """
@@ -143,14 +143,14 @@ params:
 def test_val_loss_refused_for_a_space_that_rescales_the_loss(tmp_path, key, dist):
     method = "mlem" if "align" in key else "coles"
     path = tmp_path / "s.yaml"
-    path.write_text(f"method: {method}\nsweep: {{metric: val_loss}}\nparams:\n  {key}: {dist}\n")
-    with pytest.raises(SpaceError, match=f"{path}: sweep.metric: val_loss cannot rank trials that sweep {key}"):
+    path.write_text(f"method: {method}\nsweep: {{selection: val_loss}}\nparams:\n  {key}: {dist}\n")
+    with pytest.raises(SpaceError, match=f"{path}: sweep.selection: val_loss cannot rank trials that sweep {key}"):
         SearchSpace.load(path)
     # the same space ranked by the probe (or by default) loads
     path.write_text(f"method: {method}\nparams:\n  {key}: {dist}\n")
-    assert SearchSpace.load(path).stages[method].sweep.metric == ""
+    assert SearchSpace.load(path).stages[method].sweep.selection == ""
     # val_loss stays allowed where nothing rescales the loss
-    path.write_text(f"method: {method}\nsweep: {{metric: val_loss}}\nparams:\n  optim.lr: {{type: float, low: 0.001, high: 0.01}}\n")
+    path.write_text(f"method: {method}\nsweep: {{selection: val_loss}}\nparams:\n  optim.lr: {{type: float, low: 0.001, high: 0.01}}\n")
     assert SearchSpace.load(path).stages[method].sweep.mode == "min"
 
 

@@ -171,14 +171,14 @@ def _resolve_metrics(stages: dict[str, StageSpace], data: str) -> dict[str, Stag
     """Each stage with its selection metric chosen for this data set: the file's, else probe when
     the data has labelled training sequences, else rankme."""
     from ..data.prepared import EventSequences
-    from ..evaluation.selection import MIN_LABELLED, default_metric
+    from ..training.selection import MIN_LABELLED, default_metric
 
     seqs = EventSequences.open(data)
     default = default_metric(seqs)
     for name, stage in stages.items():
-        if stage.sweep.metric == "probe" and default != "probe":
-            raise SweepError(f"stage {name}: sweep.metric probe needs >= {MIN_LABELLED} labelled training sequences; "
-                             f"{data} has {len(seqs.labelled('train', 'val'))}: use metric rankme")
+        if stage.sweep.selection == "probe" and default != "probe":
+            raise SweepError(f"stage {name}: sweep.selection probe needs >= {MIN_LABELLED} labelled training sequences; "
+                             f"{data} has {len(seqs.labelled('train', 'val'))}: use selection rankme")
     return {name: stage.resolved(default) for name, stage in stages.items()}
 
 

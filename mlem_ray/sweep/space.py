@@ -10,9 +10,9 @@ A search space is a YAML file. One stage::
       grace_period: 1        # epochs before ASHA may stop a trial (<= epochs)
       reduction_factor: 2
       epochs: 10             # max epochs per trial (sets train.epochs)
-      metric: probe          # probe | rankme | val_loss; left out: probe with targets, else rankme
-      eval_every: 1          # in-trial score every N epochs (and at the last)
-      probe_size: 4096       # training-pool sequences embedded for the in-trial score
+      selection: probe       # probe | rankme | val_loss; left out: probe with targets, else rankme
+      selection_every: 1     # in-trial score every N epochs (and at the last)
+      selection_size: 4096   # training-pool sequences embedded for the in-trial score
       seed: 0                # seeds the TPE sampler
       finalists: 3           # best trials by the in-trial score, among which the teacher is
                              # the best downstream (<= trials)
@@ -70,9 +70,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from mlem_ray.config import METHODS, Config, ConfigError, make_config
-from mlem_ray.evaluation.selection import METRICS as SELECTION_METRICS
-from mlem_ray.evaluation.selection import REPORTED
+from mlem_ray.config import METHODS, REPORTED, SELECTION_METRICS, SELECTION_SIZE, Config, ConfigError, make_config
 from ..errors import SpaceError  # noqa: F401  (re-exported)
 
 PARAM_TYPES = ("float", "log_float", "int", "categorical")
@@ -83,10 +81,13 @@ _TWO_STAGE_KEYS = ("teacher", "mlem", "compare")
 _RESERVED = {
     "train.epochs": "set the epoch budget with sweep.epochs",
     "objective.method": "the method is set by the stage's 'method'",
-    "train.selection": "set the in-trial score with sweep.metric",
-    "train.selection_every": "set it with sweep.eval_every",
-    "train.selection_size": "set it with sweep.probe_size",
+    "train.selection": "set the in-trial score with sweep.selection",
+    "train.selection_every": "set it with sweep.selection_every",
+    "train.selection_size": "set it with sweep.selection_size",
 }
+# The sweep block's keys before they took the run config's names (train.selection*): refused with
+# the new name, so that one knob has one name everywhere.
+RENAMED = {"metric": "selection", "eval_every": "selection_every", "probe_size": "selection_size"}
 
 # In a two-stage file the pipeline sets these on every stage-2 (mlem) trial from the chosen teacher;
 # the file must not.
@@ -120,10 +121,10 @@ class StageSweep:
     epochs: int = 10  # max epochs per trial (sets train.epochs)
     # What ranks trials (sampler, ASHA, the checkpoint kept per trial, the finalists): probe | rankme |
     # val_loss (evaluation/selection.py); "" = probe when the data set has targets, else rankme.
-    metric: str = ""
-    mode: str = ""  # derived from metric (probe, rankme: max; val_loss: min); may be given if it agrees
-    eval_every: int = 1  # compute the in-trial score every N epochs (and at the last)
-    probe_size: int = 4096  # training-pool sequences embedded for the in-trial score
+    selection: str = ""
+    mode: str = ""  # derived from selection (probe, rankme: max; val_loss: min); may be given if it agrees
+    selection_every: int = 1  # compute the in-trial score every N epochs (and at the last)
+    selection_size: int = SELECTION_SIZE  # training-pool sequences embedded for the in-trial score
     seed: int = 0  # sampler seed
     finalists: int = 3  # best trials (by the in-trial score) among which the teacher is chosen downstream
     search: str = "tpe"  # tpe (multivariate) | random (the baseline of benchmarks/sweep_efficiency.py)
@@ -136,23 +137,23 @@ class StageSweep:
                 kind = "text" if want is str else "an integer"
                 raise SpaceError(f"sweep.{f.name} must be {kind}, got {value!r}")
         for name, low in (("trials", 1), ("grace_period", 1), ("reduction_factor", 2), ("epochs", 1),
-                          ("finalists", 1), ("max_concurrent", 0), ("eval_every", 1), ("probe_size", 10)):
+                          ("finalists", 1), ("max_concurrent", 0), ("selection_every", 1), ("selection_size", 10)):
             if getattr(self, name) < low:
                 raise SpaceError(f"sweep.{name} must be >= {low}, got {getattr(self, name)}")
         if self.search not in ("tpe", "random"):
             raise SpaceError(f"sweep.search must be tpe or random, got {self.search!r}")
         if self.scheduler not in ("asha", "none"):
             raise SpaceError(f"sweep.scheduler must be asha or none, got {self.scheduler!r}")
-        if self.metric not in ("",) + SELECTION_METRICS:
-            raise SpaceError(f"sweep.metric must be one of {', '.join(SELECTION_METRICS)} (or left out: probe "
-                             f"when the data has targets, else rankme), got {self.metric!r}")
+        if self.selection not in ("",) + SELECTION_METRICS:
+            raise SpaceError(f"sweep.selection must be one of {', '.join(SELECTION_METRICS)} (or left out: probe "
+                             f"when the data has targets, else rankme), got {self.selection!r}")
         if self.mode not in ("", "min", "max"):
             raise SpaceError(f"sweep.mode must be min or max, got {self.mode!r}")
-        if self.metric and self.mode and self.mode != REPORTED[self.metric][1]:
-            raise SpaceError(f"sweep.mode {self.mode!r} contradicts sweep.metric {self.metric!r} "
-                             f"({REPORTED[self.metric][1]}); leave sweep.mode out")
-        if self.metric and not self.mode:
-            object.__setattr__(self, "mode", REPORTED[self.metric][1])
+        if self.selection and self.mode and self.mode != REPORTED[self.selection][1]:
+            raise SpaceError(f"sweep.mode {self.mode!r} contradicts sweep.selection {self.selection!r} "
+                             f"({REPORTED[self.selection][1]}); leave sweep.mode out")
+        if self.selection and not self.mode:
+            object.__setattr__(self, "mode", REPORTED[self.selection][1])
         if self.grace_period > self.epochs:
             raise SpaceError(f"sweep.grace_period ({self.grace_period}) exceeds sweep.epochs ({self.epochs})")
         if self.finalists > self.trials:
@@ -160,15 +161,15 @@ class StageSweep:
 
     def resolved(self, default_metric: str) -> StageSweep:
         """With the metric chosen (``default_metric`` where the file left it out) and its mode."""
-        metric = self.metric or default_metric
-        return dataclasses.replace(self, metric=metric, mode=REPORTED[metric][1])
+        metric = self.selection or default_metric
+        return dataclasses.replace(self, selection=metric, mode=REPORTED[metric][1])
 
     @property
     def reported_metric(self) -> str:
         """The name the trials report the metric under (what Tune, ASHA and Optuna compare)."""
-        if not self.metric:
-            raise SpaceError("sweep.metric is not resolved yet (StageSweep.resolved)")
-        return REPORTED[self.metric][0]
+        if not self.selection:
+            raise SpaceError("sweep.selection is not resolved yet (StageSweep.resolved)")
+        return REPORTED[self.selection][0]
 
 
 @dataclass(frozen=True)
@@ -237,9 +238,9 @@ class StageSpace:
         out.update({key: spec.cast(sampled[key]) for key, spec in self.params.items()})
         out.update({k: v for k, v in sampled.items() if k not in self.params and not k.startswith("_")})
         out["train.epochs"] = self.sweep.epochs
-        if self.sweep.metric in ("probe", "rankme"):
-            out.update({"train.selection": self.sweep.metric, "train.selection_every": self.sweep.eval_every,
-                        "train.selection_size": self.sweep.probe_size})
+        if self.sweep.selection in ("probe", "rankme"):
+            out.update({"train.selection": self.sweep.selection, "train.selection_every": self.sweep.selection_every,
+                        "train.selection_size": self.sweep.selection_size})
         out.update(fixed or {})
         return out
 
@@ -404,12 +405,12 @@ def _stage(raw, path: str, where: str, top_level: bool = False) -> StageSpace:
         raise SpaceError(f"{path}: {where}method: unknown method {method!r} (methods: {', '.join(METHODS)})")
     sweep = _sweep(raw.get("sweep"), path, where)
     params, constants = _params(raw.get("params"), method, path, where + "params.")
-    if sweep.metric == "val_loss":
+    if sweep.selection == "val_loss":
         scaling = [k for k in params if rescales_loss(k)]
         if scaling:
-            raise SpaceError(f"{path}: {where}sweep.metric: val_loss cannot rank trials that sweep {scaling[0]} "
+            raise SpaceError(f"{path}: {where}sweep.selection: val_loss cannot rank trials that sweep {scaling[0]} "
                              "(it rescales the loss, so the sampler would learn to shrink it); "
-                             "use metric probe or rankme")
+                             "use selection probe or rankme")
     return StageSpace(method=method, sweep=sweep, params=params, constants=constants)
 
 
@@ -420,6 +421,9 @@ def _sweep(raw, path: str, where: str) -> StageSweep:
         raise SpaceError(f"{path}: {where}sweep must be a mapping")
     names = [f.name for f in dataclasses.fields(StageSweep)]
     for key in raw:
+        if key in RENAMED:
+            raise SpaceError(f"{path}: '{where}sweep.{key}' is now '{where}sweep.{RENAMED[key]}' (the run config's "
+                             f"name, train.{RENAMED[key]}); rename it")
         if key not in names:
             raise SpaceError(f"{path}: unknown key '{where}sweep.{key}' (keys: {', '.join(names)})")
     try:

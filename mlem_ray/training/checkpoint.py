@@ -94,11 +94,16 @@ def check_schema(ckpt: Checkpoint, schema: Schema, what: str = "data set") -> No
 
 def load_encoder(path, schema: Schema | None = None, device="cpu"):
     """-> (encoder in eval mode, checkpoint). Checks the schema when given."""
-    from ..models.build import build_encoder
-
     ckpt = load_checkpoint(path)
     if schema is not None:
         check_schema(ckpt, schema)
+    return saved_encoder(ckpt, device), ckpt
+
+
+def saved_encoder(ckpt: Checkpoint, device="cpu"):
+    """The encoder of a loaded checkpoint, built from its own config, in eval mode on `device`."""
+    from ..models.build import build_encoder
+
     encoder = build_encoder(ckpt.config, ckpt.schema, ckpt.state["trainer"].get("max_len", 1024))
     encoder.load_state_dict(ckpt.state["encoder"])
-    return encoder.to(device).eval(), ckpt
+    return encoder.to(device).eval()

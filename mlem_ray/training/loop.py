@@ -1,6 +1,16 @@
-"""The one training loop. A local run, a Ray Tune trial and every Ray Train worker call `train`;
-what differs between them comes in through a `Runtime` (rank, device, model wrapping) and a
-`Reporter` (where metrics and checkpoints go). This module imports no Ray.
+"""The one training loop, written as a recipe (in the manner of torchtune's recipes): a local run,
+a Ray Tune trial and every Ray Train worker call `train`; what differs between them comes in
+through a `Runtime` (rank, device, model wrapping) and a `Reporter` (where metrics and checkpoints
+go). This module imports no Ray.
+
+The steps, in the order a run takes them:
+- `preflight`: refuse what this data set or machine cannot run; open the data set and load the
+  MLEM teacher, once, and hand both down (`RunInputs`);
+- `Recipe(...)`: build the data (loaders, sampler, collators), the objective, the optimizer and
+  its schedule, the precision, the selection scorer;
+- `Recipe.resume`: put back a checkpoint's weights, optimizer, schedule, RNG and `TrainerState`;
+- per epoch: `train_epoch`, `validate`, `end_epoch` (selection score and metrics),
+  `checkpoint_and_report`.
 """
 from __future__ import annotations
 
@@ -21,7 +31,7 @@ from ..data.batching import FullCollator, SequenceDataset, SliceCollator, SliceS
 from ..data.prepared import EventSequences
 from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, ResourceError
 from .accel import Precision, prefetch, reuse_freed_memory
-from .checkpoint import check_schema, load_checkpoint, load_encoder, save_checkpoint
+from .checkpoint import Checkpoint, check_schema, load_checkpoint, saved_encoder, save_checkpoint
 
 
 class Reporter(Protocol):
@@ -45,6 +55,25 @@ class Runtime:
         return self.rank == 0
 
 
+@dataclass
+class RunInputs:
+    """What `preflight` opened, handed down so that nothing is opened or loaded twice."""
+
+    seqs: EventSequences
+    teacher: Checkpoint | None = None  # MLEM: the frozen CoLES teacher, checked against the data
+
+
+@dataclass
+class TrainerState:
+    """The run's own progress, saved under these names in a checkpoint's trainer entry (beside the
+    optimizer, schedule, gradient-scaler and RNG states) and read back on resume."""
+
+    epoch: int = -1  # the last finished epoch
+    best_val: float = math.inf  # the lowest validation loss so far (picks best/)
+    cpu_spent: float = 0.0  # process CPU seconds of the whole run, across resumes (train.budget_cpu_s)
+    selection: dict = field(default_factory=dict)  # the last scored epoch's selection values
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -53,11 +82,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def preflight(cfg: Config, seqs: EventSequences | None = None, local_device: bool = True) -> EventSequences:
+def preflight(cfg: Config, seqs: EventSequences | None = None, local_device: bool = True) -> RunInputs:
     """Refuse, before anything is written or trained, a config this data set or machine cannot run:
     no GPU for train.device=cuda, a supervised run without targets, an MLEM run without a usable
     teacher, too few training sequences. `local_device`: the run uses this machine's device (a Ray
-    Train worker gets its own). -> the opened data set."""
+    Train worker gets its own). -> the opened data set and the loaded teacher."""
     if local_device:
         resolve_device(cfg.train.device)
     seqs = seqs or EventSequences.open(cfg.data.path)
@@ -65,6 +94,7 @@ def preflight(cfg: Config, seqs: EventSequences | None = None, local_device: boo
     if supervised and (seqs.targets is None or not seqs.schema.task):
         raise DataError(f"--method supervised needs a data set with targets; {seqs.path} has none "
                         "(pass --targets to `mlem-ray data ingest`)")
+    teacher = None
     if cfg.objective.method == "mlem":
         if not cfg.objective.teacher:
             raise ConfigError("MLEM needs a teacher: pass --teacher CKPT (a CoLES checkpoint of the same data)")
@@ -76,7 +106,243 @@ def preflight(cfg: Config, seqs: EventSequences | None = None, local_device: boo
     train_rows = seqs.labelled("train") if supervised else seqs.indices("train")
     if len(train_rows) < 2:
         raise DataError(f"the training split of {seqs.path} has {len(train_rows)} usable sequences; too few to train")
-    return seqs
+    return RunInputs(seqs, teacher)
+
+
+def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resume: str | Path | None = None,
+          on_batch: Callable | None = None, inputs: RunInputs | None = None) -> dict:
+    """Train `cfg.train.epochs` epochs (continuing from `resume`, a checkpoint with trainer state).
+
+    Each epoch: train, validate, score, write a checkpoint (rank 0), report. Returns the last
+    metrics ({} when no epoch was left to train). `inputs`: what `preflight` opened (opened here
+    when not given). `on_batch(epoch, step, batch) -> batch` is a hook for tests and fault injection."""
+    runtime = runtime or Runtime(device=resolve_device(cfg.train.device))
+    _set_up_process(cfg)
+    recipe = Recipe(cfg, runtime, inputs or preflight(cfg, local_device=False))  # the runtime holds the device
+    if resume:
+        recipe.resume(resume)
+    metrics: dict = {}
+    for epoch in range(recipe.state.epoch + 1, cfg.train.epochs):
+        if recipe.step_budget_spent():
+            break
+        started = time.perf_counter()
+        train_metrics, out_of_budget = recipe.train_epoch(epoch, on_batch)
+        val_metrics = recipe.validate()
+        last = out_of_budget or epoch == cfg.train.epochs - 1
+        metrics, scored = recipe.end_epoch(epoch, train_metrics, val_metrics, last, started)
+        recipe.checkpoint_and_report(metrics, scored, reporter)
+        if out_of_budget:
+            break
+    return metrics
+
+
+def _set_up_process(cfg: Config) -> None:
+    reuse_freed_memory()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+
+
+class Recipe:
+    """One run's training: built once, then driven epoch by epoch by `train`."""
+
+    def __init__(self, cfg: Config, runtime: Runtime, inputs: RunInputs):
+        self.cfg, self.runtime, self.seqs = cfg, runtime, inputs.seqs
+        self.max_len = cfg.data.max_len or self.seqs.schema.max_len
+        self.supervised = cfg.objective.method == "supervised"
+        self.objective = build_training_objective(cfg, self.seqs, self.max_len, runtime.device, inputs.teacher)
+        self.kind = self.objective.batch_kind
+        self._build_data()
+        self.model = runtime.prepare_model(self.objective)
+        # Every rank built the same initial weights from train.seed; from here on randomness (dropout)
+        # should differ between ranks, or they all drop the same units. Rank 0 keeps its stream, so a
+        # single-process run is unchanged.
+        if runtime.rank:
+            torch.manual_seed(cfg.train.seed + runtime.rank)
+        self._build_optimizer()
+        self.precision = Precision(cfg.train.precision, runtime.device)
+        self.state = TrainerState()
+        self.cpu_start = time.process_time()
+        self.scorer = self._build_scorer()
+
+    # ---- building ----
+
+    def _build_data(self) -> None:
+        cfg, seqs = self.cfg, self.seqs
+        self.train_rows = seqs.labelled("train") if self.supervised else seqs.indices("train")
+        self.val_rows = seqs.labelled("val") if self.supervised else seqs.indices("val")
+        self.train_loader, self.train_sampler, self.train_collate = _batches(
+            seqs, self.train_rows, self.kind, cfg, self.runtime, True, self.max_len)
+        self.val_loader, _, self.val_collate = (
+            _batches(seqs, self.val_rows, self.kind, cfg, self.runtime, False, self.max_len)
+            if len(self.val_rows) else (None, None, None))
+        full = len(self.train_loader)
+        self.steps_per_epoch = min(cfg.train.steps_per_epoch, full) if cfg.train.steps_per_epoch else full
+
+    def _build_optimizer(self) -> None:
+        cfg = self.cfg
+        # Decoupled weight decay (AdamW). With Adam's L2 term, a parameter whose loss gradient is near
+        # zero is pulled to zero at about lr per step, because Adam normalises the decay term like any
+        # gradient: on Pendulum the generative encoder's GRU weights fell from 0.044 to 0.0005 (mean |w|)
+        # within two epochs and its embedding ended up worse than a random encoder's.
+        self.optimizer = torch.optim.AdamW(_param_groups(self.objective, cfg.optim.weight_decay), lr=cfg.optim.lr)
+        total_steps = cfg.train.epochs * self.steps_per_epoch
+        if cfg.train.budget_steps:
+            total_steps = min(total_steps, cfg.train.budget_steps)  # a cosine schedule ends at the budget
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, total_steps))
+
+    def _build_scorer(self):
+        if self.cfg.train.selection == "none" or not self.runtime.is_main:  # Tune sees rank 0's metrics only
+            return None
+        from .selection import SelectionScorer
+
+        return SelectionScorer(self.seqs, self.cfg.train.selection, self.max_len, size=self.cfg.train.selection_size)
+
+    # ---- resuming ----
+
+    def resume(self, path) -> None:
+        ckpt = load_checkpoint(path, map_location=self.runtime.device)
+        check_schema(ckpt, self.seqs.schema)
+        self.objective.load_state_dict(ckpt.state["objective"])
+        saved = ckpt.state["trainer"]
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.precision.load_state_dict(saved.get("grad_scaler"))
+        _restore_rng(saved, self.cfg, self.runtime)
+        # The last scored epoch's values are kept, so a resumed trial reports them too; the CPU
+        # budget counts the run, not this process.
+        self.state = TrainerState(epoch=int(saved["epoch"]), best_val=float(saved["best_val"]),
+                                  cpu_spent=float(saved.get("cpu_spent", 0.0)),
+                                  selection=dict(saved.get("selection", {})))
+        self.cpu_start = time.process_time() - self.state.cpu_spent
+
+    # ---- one epoch ----
+
+    def step_budget_spent(self) -> bool:
+        # The scheduler counts optimizer steps and is restored on resume, so the step budget is too.
+        budget = self.cfg.train.budget_steps
+        return bool(budget) and self.scheduler.last_epoch >= budget
+
+    def _cpu_budget_spent(self) -> bool:
+        budget = self.cfg.train.budget_cpu_s
+        if not budget:
+            return False
+        over = {"over": float(time.process_time() - self.cpu_start > budget)}
+        return _reduce(over, self.runtime)["over"] > 0  # every rank stops at the same step
+
+    def train_epoch(self, epoch: int, on_batch: Callable | None) -> tuple[dict, bool]:
+        """-> (the epoch's mean training metrics, whether a budget ended the run in this epoch)."""
+        cfg, runtime = self.cfg, self.runtime
+        self.train_sampler.set_epoch(epoch)
+        if self.kind == "slices":
+            self.train_collate.set_epoch(epoch)
+        self.model.train()
+        sums: dict[str, float] = {}
+        out_of_budget = False
+        # The prefetch generator is closed (its thread joined) when the epoch's loop ends.
+        source = prefetch(self.train_loader, cfg.train.prefetch)
+        batches = _progress(source, self.steps_per_epoch, epoch, runtime)
+        try:
+            for step, batch in enumerate(batches):
+                if step >= self.steps_per_epoch:
+                    break
+                if self._cpu_budget_spent():
+                    out_of_budget = True  # finish this epoch here: validate, checkpoint, stop
+                    break
+                if on_batch is not None:
+                    batch = on_batch(epoch, step, batch)
+                self._train_step(batch, sums, epoch, step)
+                if self.step_budget_spent():
+                    out_of_budget = True  # the same step on every rank: all count the same steps
+                    break
+        finally:
+            if batches is not source:
+                batches.close()
+            source.close()  # join the prefetch thread before the next epoch moves the collator on
+        return _mean_metrics(sums, "train", runtime), out_of_budget
+
+    def _train_step(self, batch, sums: dict, epoch: int, step: int) -> None:
+        runtime, cfg = self.runtime, self.cfg
+        batch = batch.to(runtime.device, non_blocking=True)
+        with self.precision.autocast():
+            out = self.model(batch)
+        loss = out["loss"]
+        finite = torch.isfinite(loss).to(torch.float64)
+        if runtime.world_size > 1:
+            finite = torch.tensor(_reduce({"f": finite.item()}, runtime)["f"] / runtime.world_size)
+        if finite.item() < 1.0:
+            parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items())
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch}, step {step} ({parts}); stopped, the last good "
+                f"checkpoint is kept. Lower optim.lr, check the data for extreme values, or keep optim.clip_grad on"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.precision.backward_step(loss, self.optimizer, self.objective.parameters(), cfg.optim.clip_grad)
+        self.scheduler.step()
+        _accumulate(sums, out, len(batch))
+
+    # ---- validation ----
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        if self.val_loader is None:
+            return {}
+        if self.kind == "slices":
+            self.val_collate.set_epoch(0)  # the same validation slices every epoch, so losses compare
+        self.model.eval()
+        sums: dict[str, float] = {}
+        with self.precision.autocast():
+            for batch in self.val_loader:
+                _accumulate(sums, self.model(batch.to(self.runtime.device, non_blocking=True)), len(batch))
+        return _mean_metrics(sums, "val", self.runtime)
+
+    # ---- the epoch's record and checkpoint ----
+
+    def end_epoch(self, epoch: int, train_metrics: dict, val_metrics: dict, last: bool, started: float
+                  ) -> tuple[dict, bool]:
+        """Update the trainer state, score the encoder when due -> (the epoch's metrics, scored).
+        Between scored epochs the selection values are the last scored epoch's; a checkpoint there
+        would be ranked by a score that is not its own, so only scored epochs carry one."""
+        cfg, state = self.cfg, self.state
+        val_loss = val_metrics.get("val_loss", train_metrics.get("train_loss", math.nan))
+        improved = val_loss < state.best_val
+        state.best_val = min(state.best_val, val_loss)
+        state.epoch = epoch
+        scored = cfg.train.selection == "none" or last or (epoch + 1) % cfg.train.selection_every == 0
+        if self.scorer is not None and scored:
+            state.selection = {**self.scorer(self.objective.encoder, self.runtime.device), "selection_epoch": epoch}
+        metrics = {"epoch": epoch, "val_loss": val_loss, "best_val_loss": state.best_val,
+                   "lr": self.scheduler.get_last_lr()[0], "steps": self.scheduler.last_epoch,
+                   "epoch_seconds": time.perf_counter() - started, **train_metrics, **val_metrics,
+                   "is_best": bool(improved), **state.selection}
+        return metrics, scored
+
+    def checkpoint_and_report(self, metrics: dict, scored: bool, reporter: Reporter) -> None:
+        rng = _rng_states(self.runtime) if scored else None  # every rank's, gathered on every rank
+        checkpoint_dir = None
+        if self.runtime.is_main and scored:
+            checkpoint_dir = Path(tempfile.mkdtemp(prefix="mlem_ray_ckpt_")) / "checkpoint"
+        try:
+            if checkpoint_dir is not None:
+                self.state.cpu_spent = time.process_time() - self.cpu_start
+                save_checkpoint(checkpoint_dir, self.cfg, self.seqs.schema, self.objective.encoder.state_dict(),
+                                self.objective.state_dict(), self._trainer_entry(rng), metrics)
+            reporter.report(metrics, checkpoint_dir)
+        finally:  # the reporter has copied or moved it; nothing is left in the temp dir, even on error
+            if checkpoint_dir is not None:
+                shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
+
+    def _trainer_entry(self, rng: list) -> dict:
+        """model.pt's "trainer" entry: the TrainerState's names, the optimizer, schedule,
+        gradient-scaler and RNG states, and the max_len the encoder was built for."""
+        s = self.state
+        return {"epoch": s.epoch, "best_val": s.best_val, "cpu_spent": s.cpu_spent, "selection": s.selection,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "grad_scaler": self.precision.state_dict(), "torch_rng": torch.get_rng_state(), "rng": rng,
+                "max_len": self.max_len}
+
+
+# ---- the pieces the recipe is built from ----
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -116,6 +382,19 @@ def _batches(seqs, rows, kind, cfg: Config, runtime: Runtime, shuffle: bool, max
     return loader, sampler, collate
 
 
+def build_training_objective(cfg: Config, seqs: EventSequences, max_len: int, device,
+                             teacher: Checkpoint | None = None) -> nn.Module:
+    """The objective (encoder and loss) for `cfg`; an MLEM run's frozen encoder is built from
+    `teacher` (what preflight loaded), or loaded from objective.teacher when not given."""
+    from ..objectives import build_objective
+
+    teacher_encoder = None
+    if cfg.objective.method == "mlem":  # preflight() has checked the teacher
+        teacher_encoder = saved_encoder(teacher or load_checkpoint(cfg.objective.teacher), device)
+    train_targets = seqs.targets[seqs.indices("train")] if seqs.targets is not None else None
+    return build_objective(cfg, seqs.schema, max_len, teacher_encoder, train_targets).to(device)
+
+
 def _lr_lambda(cfg: Config, total_steps: int):
     warmup, schedule = cfg.optim.warmup_steps, cfg.optim.schedule
 
@@ -150,162 +429,6 @@ def _reduce(values: dict, runtime: Runtime) -> dict:
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=runtime.device)
     dist.all_reduce(t)
     return dict(zip(keys, t.tolist()))
-
-
-def build_training_objective(cfg: Config, seqs: EventSequences, max_len: int, device) -> nn.Module:
-    from ..objectives import build_objective
-
-    teacher = None
-    if cfg.objective.method == "mlem":  # preflight() has checked the teacher
-        teacher, _ = load_encoder(cfg.objective.teacher, seqs.schema, device)
-    train_targets = seqs.targets[seqs.indices("train")] if seqs.targets is not None else None
-    return build_objective(cfg, seqs.schema, max_len, teacher, train_targets).to(device)
-
-
-def train(cfg: Config, reporter: Reporter, runtime: Runtime | None = None, resume: str | Path | None = None,
-          on_batch: Callable | None = None) -> dict:
-    """Train `cfg.train.epochs` epochs (continuing from `resume`, a checkpoint with trainer state).
-
-    Each epoch: train, validate, write a checkpoint (rank 0), report. Returns the last metrics.
-    `on_batch(epoch, step, batch) -> batch` is a hook for tests and fault injection."""
-    runtime = runtime or Runtime(device=resolve_device(cfg.train.device))
-    reuse_freed_memory()
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
-    seqs = preflight(cfg, local_device=False)  # the runtime already holds the device
-    max_len = cfg.data.max_len or seqs.schema.max_len
-    objective = build_training_objective(cfg, seqs, max_len, runtime.device)
-    kind = objective.batch_kind
-    supervised = cfg.objective.method == "supervised"
-    train_rows = seqs.labelled("train") if supervised else seqs.indices("train")
-    val_rows = seqs.labelled("val") if supervised else seqs.indices("val")
-    train_loader, train_sampler, train_collate = _batches(seqs, train_rows, kind, cfg, runtime, True, max_len)
-    val_loader, _, val_collate = _batches(seqs, val_rows, kind, cfg, runtime, False, max_len) if len(val_rows) else (None, None, None)
-
-    steps_per_epoch = len(train_loader) if not cfg.train.steps_per_epoch else min(cfg.train.steps_per_epoch, len(train_loader))
-    model = runtime.prepare_model(objective)
-    # Every rank built the same initial weights from train.seed; from here on randomness (dropout)
-    # should differ between ranks, or they all drop the same units. Rank 0 keeps its stream, so a
-    # single-process run is unchanged.
-    if runtime.rank:
-        torch.manual_seed(cfg.train.seed + runtime.rank)
-    # Decoupled weight decay (AdamW). With Adam's L2 term, a parameter whose loss gradient is near
-    # zero is pulled to zero at about lr per step, because Adam normalises the decay term like any
-    # gradient: on Pendulum the generative encoder's GRU weights fell from 0.044 to 0.0005 (mean |w|)
-    # within two epochs and its embedding ended up worse than a random encoder's.
-    optimizer = torch.optim.AdamW(_param_groups(objective, cfg.optim.weight_decay), lr=cfg.optim.lr)
-    total_steps = cfg.train.epochs * steps_per_epoch
-    if cfg.train.budget_steps:
-        total_steps = min(total_steps, cfg.train.budget_steps)  # a cosine schedule ends at the budget
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_steps))
-    precision = Precision(cfg.train.precision, runtime.device)
-    start_epoch, best_val, cpu_spent = 0, math.inf, 0.0
-    if resume:
-        ckpt = load_checkpoint(resume, map_location=runtime.device)
-        check_schema(ckpt, seqs.schema)
-        objective.load_state_dict(ckpt.state["objective"])
-        trainer_state = ckpt.state["trainer"]
-        optimizer.load_state_dict(trainer_state["optimizer"])
-        scheduler.load_state_dict(trainer_state["scheduler"])
-        precision.load_state_dict(trainer_state.get("grad_scaler"))
-        _restore_rng(trainer_state, cfg, runtime)
-        start_epoch = int(trainer_state["epoch"]) + 1
-        best_val = float(trainer_state["best_val"])
-        cpu_spent = float(trainer_state.get("cpu_spent", 0.0))  # the budget counts the run, not this process
-
-    scorer = None
-    if cfg.train.selection != "none" and runtime.is_main:  # Tune sees rank 0's metrics only
-        from ..evaluation.selection import SelectionScorer
-
-        scorer = SelectionScorer(seqs, cfg.train.selection, max_len, size=cfg.train.selection_size)
-    # The last scored epoch's values (kept in the checkpoint, so a resumed trial reports them too).
-    selection: dict = dict(trainer_state.get("selection", {})) if resume else {}
-
-    metrics: dict = {}
-    cpu_start = time.process_time() - cpu_spent
-    out_of_budget = False
-    for epoch in range(start_epoch, cfg.train.epochs):
-        # The scheduler counts optimizer steps and is restored on resume, so the step budget is too.
-        if cfg.train.budget_steps and scheduler.last_epoch >= cfg.train.budget_steps:
-            break
-        t0 = time.perf_counter()
-        train_sampler.set_epoch(epoch)
-        if kind == "slices":
-            train_collate.set_epoch(epoch)
-        model.train()
-        sums: dict[str, float] = {}
-        # The prefetch generator is closed (its thread joined) when the epoch's loop ends.
-        source = prefetch(train_loader, cfg.train.prefetch)
-        batches = _progress(source, steps_per_epoch, epoch, runtime)
-        for step, batch in enumerate(batches):
-            if step >= steps_per_epoch:
-                break
-            if cfg.train.budget_cpu_s:
-                spent = {"over": float(time.process_time() - cpu_start > cfg.train.budget_cpu_s)}
-                if _reduce(spent, runtime)["over"] > 0:  # every rank stops at the same step
-                    out_of_budget = True  # finish this epoch here: validate, checkpoint, stop
-                    break
-            if on_batch is not None:
-                batch = on_batch(epoch, step, batch)
-            batch = batch.to(runtime.device, non_blocking=True)
-            with precision.autocast():
-                out = model(batch)
-            loss = out["loss"]
-            finite = torch.isfinite(loss).to(torch.float64)
-            if runtime.world_size > 1:
-                finite = torch.tensor(_reduce({"f": finite.item()}, runtime)["f"] / runtime.world_size)
-            if finite.item() < 1.0:
-                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items())
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {epoch}, step {step} ({parts}); stopped, the last good "
-                    f"checkpoint is kept. Lower optim.lr, check the data for extreme values, or keep optim.clip_grad on"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            precision.backward_step(loss, optimizer, objective.parameters(), cfg.optim.clip_grad)
-            scheduler.step()
-            _accumulate(sums, out, len(batch))
-            if cfg.train.budget_steps and scheduler.last_epoch >= cfg.train.budget_steps:
-                out_of_budget = True  # the same step on every rank: all count the same steps
-                break
-        if batches is not source:
-            batches.close()
-        source.close()  # join the prefetch thread before the next epoch moves the collator on
-        train_metrics = _mean_metrics(sums, "train", runtime)
-        with precision.autocast():
-            val_metrics = _validate(model, val_loader, val_collate, kind, runtime)
-        val_loss = val_metrics.get("val_loss", train_metrics.get("train_loss", math.nan))
-        improved = val_loss < best_val
-        best_val = min(best_val, val_loss)
-        last_epoch = out_of_budget or epoch == cfg.train.epochs - 1
-        scored = cfg.train.selection == "none" or last_epoch or (epoch + 1) % cfg.train.selection_every == 0
-        if scorer is not None and scored:
-            selection = {**scorer(objective.encoder, runtime.device), "selection_epoch": epoch}
-        metrics = {"epoch": epoch, "val_loss": val_loss, "best_val_loss": best_val, "lr": scheduler.get_last_lr()[0],
-                   "steps": scheduler.last_epoch,
-                   "epoch_seconds": time.perf_counter() - t0, **train_metrics, **val_metrics,
-                   "is_best": bool(improved), **selection}
-        checkpoint_dir = None
-        rng = _rng_states(runtime) if scored else None  # every rank's, gathered on every rank
-        # Between scored epochs the selection values are the last scored epoch's; a checkpoint there
-        # would be ranked by a score that is not its own, so only scored epochs carry one.
-        if runtime.is_main and scored:
-            checkpoint_dir = Path(tempfile.mkdtemp(prefix="mlem_ray_ckpt_")) / "checkpoint"
-            trainer_state = {"epoch": epoch, "best_val": best_val, "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "rng": rng,
-                             "cpu_spent": time.process_time() - cpu_start, "max_len": max_len,
-                             "selection": selection, "grad_scaler": precision.state_dict()}
-        try:
-            if checkpoint_dir is not None:
-                save_checkpoint(checkpoint_dir, cfg, seqs.schema, objective.encoder.state_dict(),
-                                objective.state_dict(), trainer_state, metrics)
-            reporter.report(metrics, checkpoint_dir)
-        finally:  # the reporter has copied or moved it; nothing is left in the temp dir, even on error
-            if checkpoint_dir is not None:
-                shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
-        if out_of_budget:
-            break
-    return metrics
 
 
 def _progress(loader, steps: int, epoch: int, runtime: Runtime):
@@ -345,19 +468,6 @@ def _restore_rng(trainer_state: dict, cfg: Config, runtime: Runtime) -> None:
             torch.cuda.set_rng_state(mine["cuda"].cpu(), runtime.device)
     else:
         torch.manual_seed(cfg.train.seed + runtime.rank + 1000 * (int(trainer_state["epoch"]) + 1))
-
-
-@torch.no_grad()
-def _validate(model, loader, collate, kind, runtime: Runtime) -> dict:
-    if loader is None:
-        return {}
-    if kind == "slices":
-        collate.set_epoch(0)  # the same validation slices every epoch, so losses compare
-    model.eval()
-    sums: dict[str, float] = {}
-    for batch in loader:
-        _accumulate(sums, model(batch.to(runtime.device, non_blocking=True)), len(batch))
-    return _mean_metrics(sums, "val", runtime)
 
 
 def _accumulate(sums: dict, out: dict, n: int) -> None:

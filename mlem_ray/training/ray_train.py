@@ -17,7 +17,7 @@ import ray
 import ray.train
 import ray.train.torch
 
-from ..config import Config
+from ..config import REPORTED, Config
 from .loop import Runtime, train
 
 FAIL_ONCE_MARKER = "fail_once_at_epoch"
@@ -25,11 +25,9 @@ FAIL_ONCE_MARKER = "fail_once_at_epoch"
 
 def ranking_metric(cfg: Config) -> tuple[str, str]:
     """The metric (and its mode) that ranks this run's checkpoints: the in-trial selection score when
-    the run computes one (evaluation/selection.py), else the validation loss."""
+    the run computes one (training/selection.py), else the validation loss."""
     if cfg.train.selection == "none":
         return "val_loss", "min"
-    from ..evaluation.selection import REPORTED
-
     return REPORTED[cfg.train.selection]
 
 
