@@ -136,6 +136,13 @@ class TrainConfig:
     selection: str = "none"  # in-trial selection score each epoch: none | probe | rankme (training/selection.py)
     selection_every: int = 1  # score every N epochs (and the last); only scored epochs carry a checkpoint
     selection_size: int = SELECTION_SIZE  # at most this many training-pool sequences are embedded for the score
+    # Validation sequences each epoch (0: the whole validation split; a supervised run: its labelled
+    # rows): a subset fixed by the data set alone (seeded from its schema fingerprint, not from
+    # train.seed), so every epoch, every trial of a sweep and a resumed run validate on the same
+    # rows, whatever their seeds. val_loss picks best/ and may rank a sweep; 4,096 is enough to rank
+    # by: on the 200k-sequence set, disjoint 4,096-subsets' val_loss differ far less than two
+    # configs a sweep compares (benchmarks/val_subset.py; figures in the README).
+    val_size: int = 4096
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler); training/accel.py
     prefetch: int = 0  # batches built ahead of the step in a background thread (0: built in the step)
     loader_workers: int = 0  # DataLoader worker processes building batches (0: in the training process)
@@ -147,8 +154,8 @@ class TrainConfig:
             raise ConfigError("train.budget_cpu_s and train.budget_steps must be >= 0")
         _choice(self, "device", ("auto", "cpu", "cuda"))
         _choice(self, "precision", ("fp32", "bf16", "fp16"))
-        if min(self.steps_per_epoch, self.threads, self.prefetch, self.loader_workers) < 0:
-            raise ConfigError("train.steps_per_epoch, threads, prefetch and loader_workers must be >= 0")
+        if min(self.steps_per_epoch, self.threads, self.prefetch, self.loader_workers, self.val_size) < 0:
+            raise ConfigError("train.steps_per_epoch, threads, prefetch, loader_workers and val_size must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,7 @@ class Recipe:
     def _build_data(self) -> None:
         cfg, seqs = self.cfg, self.seqs
         self.train_rows = seqs.labelled("train") if self.supervised else seqs.indices("train")
-        self.val_rows = seqs.labelled("val") if self.supervised else seqs.indices("val")
+        self.val_rows = validation_rows(seqs, self.supervised, cfg.train.val_size)
         self.train_loader, self.train_sampler, self.train_collate = _batches(
             seqs, self.train_rows, self.kind, cfg, self.runtime, True, self.max_len)
         self.val_loader, _, self.val_collate = (
@@ -380,6 +380,18 @@ def _batches(seqs, rows, kind, cfg: Config, runtime: Runtime, shuffle: bool, max
                                          num_workers=cfg.train.loader_workers,
                                          pin_memory=runtime.device.type == "cuda")
     return loader, sampler, collate
+
+
+def validation_rows(seqs: EventSequences, labelled: bool, size: int) -> np.ndarray:
+    """The validation split's rows (its labelled ones for a supervised run), or a subset of `size`
+    of them (sorted; all of them when size is 0 or the split is smaller). The subset depends on the
+    data set alone (its schema fingerprint seeds it), not on train.seed: every epoch, every trial
+    of a sweep and a resumed run validate on the same rows."""
+    rows = seqs.labelled("val") if labelled else seqs.indices("val")
+    if not size or len(rows) <= size:
+        return rows
+    rng = np.random.default_rng([int(seqs.schema.fingerprint(), 16), len(rows)])
+    return np.sort(rng.choice(rows, size=size, replace=False))
 
 
 def build_training_objective(cfg: Config, seqs: EventSequences, max_len: int, device,
