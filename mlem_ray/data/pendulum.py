@@ -1,4 +1,4 @@
-"""Pendulum: the synthetic data set of the MLEM paper (METHOD.md §6), with a known ground truth.
+"""Pendulum: the synthetic data set of the MLEM paper (docs/method.md#pendulum), with a known ground truth.
 
 Per sequence:
 - event times: a Hawkes process on [0, 5) s with background rate mu = 15 and kernel

@@ -186,7 +186,7 @@ def _writable(location: str):
 
 
 def get_or_create_actor(sweep_dir, data_path, name: str, cpus: float = 0.0, gpus: float = 0.0, **kwargs):
-    """The named actor of this sweep (DESIGN.md pattern): created once, found again by name.
+    """The named actor of this sweep (docs/design.md#ray-patterns-and-pitfalls): created once, found again by name.
     With `gpus` > 0 it holds that share of a GPU and embeds on it (the probes stay on CPU)."""
     import ray
 

@@ -1,6 +1,6 @@
 """The in-trial selection score: a scale-free score of an encoder's embedding, cheap enough to
 compute inside a trial every epoch, so that the sampler, early stopping, the checkpoint kept per
-trial and the finalists all rank trials by what the embedding is worth (METHOD.md §4), not by a
+trial and the finalists all rank trials by what the embedding is worth (docs/method.md#what-a-sweep-varies-and-what-ranks-trials), not by a
 loss whose scale the sweep itself varies.
 
 - ``probe``: a fixed, seeded subset of the *labelled training pool* (splits train and val; never

@@ -96,7 +96,7 @@ FROM_TEACHER = {
 
 
 # Keys that change the scale of the training loss, or the task its validation value measures: a
-# stage that sweeps one of them cannot rank its trials by val_loss (METHOD.md §4).
+# stage that sweeps one of them cannot rank its trials by val_loss (docs/method.md#what-a-sweep-varies-and-what-ranks-trials).
 LOSS_SCALE_KEYS = {
     "objective.margin", "objective.contrastive_loss", "objective.tau", "objective.neg_count",
     "objective.siglip_t_init", "objective.siglip_b_init", "objective.projector",

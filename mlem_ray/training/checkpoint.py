@@ -1,4 +1,4 @@
-"""Checkpoints (DESIGN.md): a directory with
+"""Checkpoints (docs/design.md#checkpoint): a directory with
 - ``model.pt``: {"format", "encoder": state dict, "objective": state dict, "trainer": resume state}
   of tensors and plain numbers only, loaded with ``torch.load(weights_only=True)``;
 - ``config.yaml``: the full resolved config; ``schema.json``: the data schema; ``metrics.json``.
