@@ -11,7 +11,8 @@ and writes into ``<sweep>/report/`` (or ``out_dir``):
 
   report.md             the text below, also returned (the CLI prints it)
   metric_vs_trial.png   the primary downstream metric in scoring order, per method, with the running best
-  methods.png           each method's best primary value (error bars where the best was re-seeded)
+  methods.png           each method's best primary value (error bars where the best was re-seeded) on an
+                        axis fitted to the values, with the aggregates baseline as a line
   selection_vs_downstream.png  in-trial score and val_loss vs the downstream metric (Spearman's rho)
   optuna_<stage>_*.png  Optuna's importances, parallel coordinates, slices, history (report_plots.py)
   projector/            TensorBoard projector of the best checkpoint's embeddings
@@ -445,7 +446,8 @@ def plots_section(board: pd.DataFrame, groups: list[MethodSummary], out_dir: Pat
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [plot_metric_vs_trial(board, out_dir / "metric_vs_trial.png"),
-             plot_methods(groups, out_dir / "methods.png")]
+             plot_methods(groups, out_dir / "methods.png",
+                          leaderboard.read_baseline(sweep_dir) if sweep_dir is not None else None)]
     lines = ["## Plots", ""] + [f"- {p}" for p in paths]
     lines += ["", "## Does the in-trial score agree with the downstream score?", ""]
     lines += report_plots.selection_scatter(board, out_dir / "selection_vs_downstream.png", _figure)
@@ -502,29 +504,51 @@ def plot_metric_vs_trial(board: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def plot_methods(groups: list[MethodSummary], path: Path) -> Path:
-    """Each method's best primary value; error bars (std over seeds) where the best was re-seeded."""
+def plot_methods(groups: list[MethodSummary], path: Path, baseline: dict | None = None) -> Path:
+    """Each method's best primary value, with the aggregates baseline (baseline.json) as a line."""
     ranked = [g for g in groups if len(g.values)]
     fig = _figure(width=max(4.0, 1.4 * len(ranked) + 2), height=4.0)
-    ax = fig.add_subplot(1, 1, 1)
+    draw_methods(fig.add_subplot(1, 1, 1), ranked, baseline)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def draw_methods(ax, ranked: list[MethodSummary], baseline: dict | None = None) -> None:
+    """One point per method at its mean over seeds, error bars (std over seeds) where the best was
+    re-seeded, and the aggregates baseline as a dashed line when it was scored on the same metric.
+    The axis is fitted to the values, bars and baseline: methods often differ by 0.01 AUC, which an
+    axis from 0 hides."""
     stats = [mean_std(g.values) for g in ranked]
     x = np.arange(len(ranked))
-    means = [m for m, _, _ in stats]
-    ax.bar(x, means, color=[f"C{i % 10}" for i in range(len(ranked))])
-    seeded = [i for i, (_, _, n) in enumerate(stats) if n > 1]  # no bar-less caps on single seeds
-    if seeded:
-        ax.errorbar(x[seeded], [means[i] for i in seeded], yerr=[stats[i][1] for i in seeded],
-                    fmt="none", ecolor="black", capsize=6)
+    means = np.array([m for m, _, _ in stats], dtype=float)
+    stds = np.array([s if n > 1 else 0.0 for _, s, n in stats], dtype=float)  # no caps on single seeds
+    for i in range(len(ranked)):
+        ax.errorbar(x[i], means[i], yerr=stds[i] if stds[i] > 0 else None, fmt="o", markersize=8,
+                    color=f"C{i % 10}", ecolor="black", capsize=6)
+        ax.annotate(fmt(means[i]), (x[i], means[i]), xytext=(8, 0), textcoords="offset points",
+                    va="center", fontsize=8)
+    metric = ranked[0].metric if ranked else "primary value"
+    spans = [means - stds, means + stds]
+    if baseline and baseline.get("primary_metric") == metric and math.isfinite(float(baseline["primary_value"])):
+        level = float(baseline["primary_value"])
+        ax.axhline(level, color="grey", linestyle="--", linewidth=1.2,
+                   label=f"aggregates baseline ({fmt(level)})")
+        ax.legend(fontsize=8, loc="best")
+        spans.append(np.array([level]))
+    values = np.concatenate(spans) if ranked else np.array([])
+    values = values[np.isfinite(values)]
+    if values.size:
+        low, high = float(values.min()), float(values.max())
+        pad = 0.15 * (high - low) if high > low else max(abs(high) * 0.05, 1e-3)
+        ax.set_ylim(low - pad, high + pad)
+    ax.set_xlim(-0.6, len(ranked) - 0.4)
     ax.set_xticks(x, [f"{g.label}\n({n} seed{'s' if n > 1 else ''})" for g, (_, _, n) in zip(ranked, stats)],
                   fontsize=8)
-    metric = ranked[0].metric if ranked else "primary value"
     better = "lower" if (ranked and ranked[0].mode == "min") else "higher"
     ax.set_ylabel(f"{metric} ({better} is better)")
     ax.set_title("Best trial per method")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
 
 
 def _metric_label(board: pd.DataFrame) -> str:
