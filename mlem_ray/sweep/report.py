@@ -68,16 +68,14 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
     (default ``<sweep_dir>/report``) and return the text. On object storage the files are made
     in a local temp dir and uploaded."""
     target = str(out_dir) if out_dir is not None else storage.join(sweep_dir, REPORT_DIR)
-    if storage.is_uri(target):
-        import tempfile
+    with storage.writable_dir(target, prefix="mlem_ray_report_") as local:
+        text = _build_report(sweep_dir, local).replace(str(local), target)  # plots named where they go
+        local.mkdir(parents=True, exist_ok=True)
+        (local / "report.md").write_text(text, encoding="utf-8")
+    return text
 
-        with tempfile.TemporaryDirectory(prefix="mlem_ray_report_") as local:
-            text = build_report(sweep_dir, Path(local)).replace(local, target)  # plots named where they go
-            (Path(local) / "report.md").write_text(text, encoding="utf-8")
-            storage.upload(local, target)
-        return text
-    sweep_dir = sweep_dir if storage.is_uri(sweep_dir) else Path(sweep_dir)
-    out_dir = Path(target)
+
+def _build_report(sweep_dir, out_dir: Path) -> str:
     everything = load_leaderboard(sweep_dir)
     ok = everything["status"].isin(["", leaderboard.OK])
     board, failures = everything[ok].reset_index(drop=True), everything[~ok].reset_index(drop=True)
@@ -95,8 +93,6 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
         "",
         *failures_section(failures),
     ]).rstrip() + "\n"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.md").write_text(text, encoding="utf-8")
     return text
 
 
