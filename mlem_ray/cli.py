@@ -96,21 +96,7 @@ def _check_data_dir(path) -> None:
         raise DataError(f"--data {path} is not a prepared data set (no schema.json); create it with `mlem-ray data ...`")
 
 
-def _staging(out: str) -> Path:
-    """A pretrain --out on object storage runs in a local directory (one per URI, so --resume finds
-    it again) and is uploaded at the end; a plain path is used as it is."""
-    import hashlib
-
-    from . import storage
-
-    if not storage.is_uri(out):
-        return Path(out)
-    return storage.cache_root() / "pretrain" / hashlib.sha256(out.encode()).hexdigest()[:24]
-
-
 def _pretrain(args) -> int:
-    import shutil
-
     from .training import LocalReporter, train
     from .training.loop import preflight
 
@@ -125,11 +111,10 @@ def _pretrain(args) -> int:
     from . import storage
 
     target = str(args.out or f"runs/pretrain-{cfg.objective.method}")
-    if storage.is_uri(target):
-        try:
-            storage.check_access(target)
-        except storage.StorageError as e:
-            raise UsageError(f"--out {e}") from None
+    try:
+        storage.check_writable(target)
+    except storage.StorageError as e:
+        raise UsageError(f"--out {e}") from None
     resume = None
     if args.resume:
         if not storage.exists(storage.join(target, "last", "model.pt")):
@@ -141,20 +126,13 @@ def _pretrain(args) -> int:
         storage.delete(target)
     if args.workers > 1 or args.gpus_per_worker > 0:
         return _pretrain_distributed(args, cfg, target, resume)
-    out = _staging(target)
-    if storage.is_uri(target):
-        shutil.rmtree(out, ignore_errors=True)
-        if resume:
-            storage.download(resume, out / "last")
-            resume = out / "last"
     print(f"pretraining {cfg.objective.method} on {args.data} -> {target}", flush=True)
     from .training.loop import Runtime, resolve_device
 
-    metrics = train(cfg, LocalReporter(out), Runtime(device=resolve_device(cfg.train.device), progress=True),
-                    resume=resume)
-    if storage.is_uri(target):
-        storage.upload(out, target)
-        shutil.rmtree(out, ignore_errors=True)
+    # On object storage the run happens in a local directory (one per URI) uploaded at the end.
+    with storage.staging(target, fetch=("last",) if resume else ()) as out:
+        metrics = train(cfg, LocalReporter(out), Runtime(device=resolve_device(cfg.train.device), progress=True),
+                        resume=out / "last" if resume else None)
     if not metrics:
         print(f"{target}: already trained for {cfg.train.epochs} epochs; nothing to do")
     else:
@@ -172,7 +150,7 @@ def _pretrain_distributed(args, cfg, out: str, resume) -> int:
     from .training.ray_train import run_distributed
     from .training.resources import check_gpus, connect
 
-    connect(args.address, env_vars=storage.worker_env() if storage.is_uri(out) or storage.is_uri(args.data) else None)
+    connect(args.address, env_vars=storage.worker_env_for(out, args.data))
     check_gpus(args.gpus_per_worker, args.workers)
     global_batch = cfg.data.batch_size * args.workers
     print(f"pretraining {cfg.objective.method} on {args.data} with {args.workers} Ray Train workers "
@@ -181,7 +159,7 @@ def _pretrain_distributed(args, cfg, out: str, resume) -> int:
                              cpus_per_worker=max(0.5, (ray.cluster_resources().get("CPU", 1) / args.workers)
                                                  if not args.gpus_per_worker else 1.0), resume=resume,
                              # metrics.jsonl + scalars, as a local run (a URI --out: rank 0 has no local view of it)
-                             extra={} if storage.is_uri(out) else {"log_dir": str(Path(out).resolve())})
+                             extra={"log_dir": str(storage.local_path(out))} if storage.local_path(out) else {})
     best, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1].get("val_loss", float("inf")))
     for name, ckpt in (("best", best), ("last", result.checkpoint)):
         storage.copy_dir(storage.uri_of(ckpt.filesystem, ckpt.path), storage.join(out, name))
