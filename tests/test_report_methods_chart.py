@@ -1,4 +1,4 @@
-"""The report's methods chart (sweep/report.py draw_methods): an axis fitted to the values, so a
+"""The report's methods chart (sweep/report_plots.py draw_methods): an axis fitted to the values, so a
 0.01 AUC gap between methods is visible, error bars where a best config was re-seeded, and the
 aggregates baseline (baseline.json) as a line to judge them against."""
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from mlem_ray.sweep.report import MethodSummary, _figure, draw_methods
+from mlem_ray.sweep.report_plots import draw_methods, figure
+from mlem_ray.sweep.report_stats import MethodSummary
 
 
 def summary(stage: str, values: list[float], metric: str = "tree_cv_roc_auc_mean") -> MethodSummary:
@@ -19,7 +20,7 @@ BASELINE = {"primary_metric": "tree_cv_roc_auc_mean", "primary_mode": "max", "pr
 
 
 def draw(groups, baseline=None):
-    ax = _figure().add_subplot(1, 1, 1)
+    ax = figure().add_subplot(1, 1, 1)
     draw_methods(ax, groups, baseline)
     return ax
 
