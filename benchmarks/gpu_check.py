@@ -2,7 +2,7 @@
 ratio. Run through benchmarks/gpu_check.sh (which bounds it to 5 minutes); prints one JSON line
 per figure, and appends them to --json.
 
-Workload (DESIGN.md's standard one): 10,000 clients x ~100 events (make_synthetic_events.py when
+Workload (docs/design.md#benchmark-workload): 10,000 clients x ~100 events (make_synthetic_events.py when
 found, else the same-shaped table of benchmarks/ingest.py); GRU 256, mcc embedding 16, channel 4.
 - coles_train: batch 64 clients x 5 slices of 25..100 events, through `training.loop.train`
   (pinned batches, train.precision, and loader_workers / prefetch where a figure says so), timed

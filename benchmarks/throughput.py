@@ -1,4 +1,4 @@
-"""CoLES training and inference throughput on the field's standard workload (DESIGN.md), this
+"""CoLES training and inference throughput on the field's standard workload (docs/design.md#benchmark-workload), this
 project alone. Ratios to pytorch-lifestream come only from benchmarks/vs_ptls.py, which runs both
 side by side on one machine in one run (a figure measured elsewhere is not comparable).
 

@@ -10,7 +10,7 @@ through `../shared/bench/ptls_bench.py`; this project runs in this interpreter. 
 turns stage by stage, so both see the same load on a shared machine, and every timed window says
 how many cores other processes used meanwhile (other_cores; ~0 on a quiet machine).
 
-Workload (DESIGN.md): make_synthetic_events.py --clients 10000 --mean-events 100 --seed 0;
+Workload (docs/design.md#benchmark-workload): make_synthetic_events.py --clients 10000 --mean-events 100 --seed 0;
 2 torch threads on both sides.
 - ingest: ptls PandasDataPreprocessor.fit_transform vs `mlem_ray.data.ingest.ingest` (read,
   validate, sort, encode, split, write), each in a fresh process; median events/s; our peak RSS

@@ -86,7 +86,7 @@ class ObjectiveConfig:
     tau: float = 0.05  # InfoNCE temperature
     projector: str = "identity"  # identity | linear | mlp, used inside the contrastive loss only
     projector_width: int = 64
-    w_num: float = 1.0  # reconstruction weights (METHOD.md §2)
+    w_num: float = 1.0  # reconstruction weights (docs/method.md#reconstruction-loss)
     w_cat: float = 1.0
     w_time: float = 10.0
     w_l1: float = 1e-3
@@ -206,7 +206,7 @@ class Config:
         return Config.from_dict(d)
 
 
-# Published per-method defaults (METHOD.md §3), applied under the user's own settings.
+# Published per-method defaults (docs/method.md#training-defaults), applied under the user's own settings.
 METHOD_DEFAULTS = {
     "coles": {"optim.lr": 1e-3, "optim.weight_decay": 0.0},
     "generative": {"optim.lr": 3e-3, "optim.weight_decay": 1e-3},

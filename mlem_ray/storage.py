@@ -19,12 +19,24 @@ The API (kept small, so other layers can adopt it piecemeal):
 - `worker_env()`: the environment Ray workers need to reach the same object store;
 - `driver_dir(location)`: a local directory for driver-only files (lock, Optuna journal, trackers).
 
+Callers never ask "is this a URI?" to decide what to do; they say what they need and this module
+decides for local paths and object storage alike:
+- `absolute(location)`: a URI as given, a path made absolute (what sweep.json records);
+- `is_location(text)`: a location (URI, existing file, or a path with a separator), not a bare name;
+- `local_path(location)`: its local path, or None when it has none here (object storage);
+- `ensure_dir(location)`: a local directory is created (-> whether it was); object storage has none;
+- `check_writable(location)`: `check_access` where a store can refuse (object storage);
+- `writable_dir(location)`: a local directory whose files end up at `location` (uploaded on exit);
+- `staging(location, fetch)`: the same for a run that may resume: one local directory per URI;
+- `worker_env_for(*locations)`: `worker_env()` when any location is on object storage, else None.
+
 Credentials and endpoints come from the environment as each cloud's SDK expects (instance
 profile / workload identity; `AWS_ENDPOINT_URL` for an S3-compatible server), never from files of
 this project.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -302,6 +314,94 @@ def explain(e: BaseException) -> str:
         if needle in text:
             return meaning
     return _first_line(e)
+
+
+def absolute(location) -> str:
+    """A location as recorded for other processes: a URI as given, a path made absolute."""
+    text = str(location)
+    return text if is_uri(text) else str(Path(text).resolve())
+
+
+def is_location(text) -> bool:
+    """True when `text` names a location (a URI, an existing local file, or a path with a
+    separator) rather than a bare name (such as a shipped search space's)."""
+    text = str(text)
+    return is_uri(text) or Path(text).is_file() or "/" in text or os.sep in text
+
+
+def local_path(location) -> Path | None:
+    """The location's local path (absolute), or None when it lives on object storage."""
+    return None if is_uri(location) else Path(str(location)).resolve()
+
+
+def ensure_dir(location) -> bool:
+    """Make the directory at a local path (parents too); nothing on object storage, which has no
+    directories. -> True when a local directory was created here."""
+    path = local_path(location)
+    if path is None or path.exists():
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    return True
+
+
+def check_writable(location, token: str = "") -> None:
+    """`check_access` on object storage, where a bucket, credentials or an endpoint can refuse;
+    nothing for a local path (its directory is created when the first file is written)."""
+    if is_uri(location):
+        check_access(location, token=token)
+
+
+def worker_env_for(*locations) -> dict | None:
+    """`worker_env()` when any of `locations` is on object storage (Ray workers must reach the same
+    store), else None (nothing to forward)."""
+    return worker_env() if any(is_uri(loc) for loc in locations if loc) else None
+
+
+def _upload_last(local_dir, location, last: str | None) -> None:
+    """upload(), with the file `last` written after every other one (a marker of completeness)."""
+    marker = Path(local_dir) / last if last else None
+    if marker is None or not marker.exists():
+        upload(local_dir, location)
+        return
+    data = marker.read_bytes()
+    marker.unlink()
+    upload(local_dir, location)
+    write_bytes(join(location, last), data)
+
+
+@contextlib.contextmanager
+def writable_dir(location, last: str | None = None, prefix: str = "mlem_ray_"):
+    """A local directory to write files that belong at `location`: the location itself when it is
+    a path; on object storage a temporary directory uploaded there when the block ends without an
+    error (`last`: a file uploaded after all others, e.g. the schema.json that marks a complete
+    data set). Files already at `location` are replaced, others kept."""
+    path = local_path(location)
+    if path is not None:  # created by the writer when it writes (a refused write leaves nothing)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as local:
+        yield Path(local)
+        _upload_last(local, location, last)
+
+
+@contextlib.contextmanager
+def staging(location, fetch: tuple[str, ...] = ()):
+    """A local directory for a run whose outputs belong at `location`: the location itself when it
+    is a path; on object storage one local directory per URI (emptied first, the subdirectories
+    `fetch` downloaded into it), uploaded to the URI and removed when the block ends without an
+    error. An interrupted run leaves its staging directory for the next attempt to replace."""
+    path = local_path(location)
+    if path is not None:
+        yield path
+        return
+    local = cache_root() / "pretrain" / hashlib.sha256(str(location).encode()).hexdigest()[:24]
+    shutil.rmtree(local, ignore_errors=True)
+    for sub in fetch:
+        download(join(location, sub), local / sub)
+    local.mkdir(parents=True, exist_ok=True)
+    yield local
+    upload(local, location)
+    shutil.rmtree(local, ignore_errors=True)
 
 
 def ray_storage(location) -> dict:

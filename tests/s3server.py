@@ -117,7 +117,7 @@ class S3Server:
         self.filesystem().create_dir(name)
 
     def __exit__(self, *exc) -> None:
-        # It ignored SIGTERM in our tests (DESIGN.md): SIGTERM, then SIGKILL.
+        # It ignored SIGTERM in our tests (docs/design.md#object-storage): SIGTERM, then SIGKILL.
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:

@@ -1,4 +1,4 @@
-"""Downstream probes and embedding-quality measures (METHOD.md section 5)."""
+"""Downstream probes and embedding-quality measures (docs/method.md#evaluating-an-embedding)."""
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits

@@ -65,7 +65,7 @@ def test_search_spaces_ship_inside_the_package():
         assert load_space(name).stages and load_space(f"{name}.yaml").stages
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "search_spaces/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["mlem_ray"]
-    # The top-level search_spaces/ (DESIGN.md's layout) is the same files, not a second copy.
+    # The top-level search_spaces/ (docs/design.md#layout) is the same files, not a second copy.
     assert (ROOT / "search_spaces").resolve() == (ROOT / "mlem_ray" / "search_spaces").resolve()
 
 

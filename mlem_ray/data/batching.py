@@ -121,7 +121,7 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 class SliceSampler:
-    """CoLES views (METHOD.md §2): k contiguous random slices per sequence, each of length uniform
+    """CoLES views (docs/method.md#coles): k contiguous random slices per sequence, each of length uniform
     in [min_len, max_len] capped at the sequence length, at a uniform start."""
 
     def __init__(self, k: int = 5, min_len: int = 25, max_len: int = 200):

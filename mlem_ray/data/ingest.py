@@ -1,4 +1,4 @@
-"""A user's flat event table (+ optional target table) -> a prepared data set (METHOD.md §1).
+"""A user's flat event table (+ optional target table) -> a prepared data set (docs/method.md#data).
 
 Everything here is vectorised over events with numpy/pyarrow: one sort by (id, time), group
 boundaries from the sorted ids, and per-field lookups over the distinct values only. No Python

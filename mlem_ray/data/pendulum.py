@@ -1,4 +1,4 @@
-"""Pendulum: the synthetic data set of the MLEM paper (METHOD.md §6), with a known ground truth.
+"""Pendulum: the synthetic data set of the MLEM paper (docs/method.md#pendulum), with a known ground truth.
 
 Per sequence:
 - event times: a Hawkes process on [0, 5) s with background rate mu = 15 and kernel
@@ -21,10 +21,17 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from .ingest import IngestSpec
+
 MU, ALPHA, BETA, HORIZON = 15.0, 0.2, 1.0, 5.0
 G, DAMPING, MASS = 9.81, 0.5, 1.0
 STEP = 0.005
 CHUNK = 4096
+
+# How `generate`'s tables are ingested: the one spec of the CLI, the sweep's demo data, the
+# benchmarks and the tests (vary it with dataclasses.replace, e.g. `source=` or `val_fraction=`).
+INGEST_SPEC = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), time_unit="s", target_col="L",
+                         task="regression")
 
 
 def hawkes_times(n: int, rng: np.random.Generator):

@@ -287,11 +287,10 @@ class EventSequences:
         its content, and memory-mapped from there)."""
         from .. import storage
 
-        if storage.is_uri(path):
-            try:
-                path = storage.local_copy(path, by_content=True)
-            except (OSError, storage.StorageError) as e:
-                raise DataError(f"--data {path}: cannot read it ({str(e).splitlines()[0][:200]})") from None
+        try:
+            path = storage.local_copy(path, by_content=True)  # a plain path as it is
+        except (OSError, storage.StorageError) as e:
+            raise DataError(f"--data {path}: cannot read it ({str(e).splitlines()[0][:200]})") from None
         path = Path(path)
         schema = Schema.load(path)
         listing = list(schema.shards) or [None]

@@ -1,1 +1,1 @@
-"""Evaluation of a frozen embedding: downstream probes and embedding-quality measures (METHOD.md section 5)."""
+"""Evaluation of a frozen embedding: downstream probes and embedding-quality measures (docs/method.md#evaluating-an-embedding)."""

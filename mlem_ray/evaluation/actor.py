@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import threading
 import time
 
@@ -174,19 +173,14 @@ class Evaluator:
 
 @contextlib.contextmanager
 def _writable(location: str):
-    """A local directory for a writer that wants one (TensorBoard): `location` itself, or on object
-    storage a temp dir uploaded there afterwards. Each writer makes a new event file, so an
-    upload adds files and never replaces one."""
-    if not storage.is_uri(location):
-        yield location
-        return
-    with tempfile.TemporaryDirectory(prefix="mlem_ray_tb_") as local:
-        yield local
-        storage.upload(local, location)
+    """A local directory for a writer that wants one (TensorBoard): storage.writable_dir. Each
+    writer makes a new event file, so an upload adds files and never replaces one."""
+    with storage.writable_dir(location, prefix="mlem_ray_tb_") as local:
+        yield str(local)
 
 
 def get_or_create_actor(sweep_dir, data_path, name: str, cpus: float = 0.0, gpus: float = 0.0, **kwargs):
-    """The named actor of this sweep (DESIGN.md pattern): created once, found again by name.
+    """The named actor of this sweep (docs/design.md#ray-patterns-and-pitfalls): created once, found again by name.
     With `gpus` > 0 it holds that share of a GPU and embeds on it (the probes stay on CPU)."""
     import ray
 

@@ -1,4 +1,4 @@
-"""The baseline every embedding must beat: hand-made aggregate features per sequence (METHOD.md §5),
+"""The baseline every embedding must beat: hand-made aggregate features per sequence (docs/method.md#the-aggregates-baseline),
 as pytorch-lifestream's AggFeatureSeqEncoder builds them, scored by the same probes as embeddings.
 
 Per sequence, over all its stored events:

@@ -1,5 +1,5 @@
 """Embeddings of a prepared data set from a checkpoint, and the robustness protocol
-(METHOD.md §5: drop a share of events at random and shuffle their order, then re-score)."""
+(docs/method.md#robustness: drop a share of events at random and shuffle their order, then re-score)."""
 from __future__ import annotations
 
 import numpy as np

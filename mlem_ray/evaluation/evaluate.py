@@ -1,4 +1,4 @@
-"""Score a checkpoint downstream (METHOD.md §5): tree and linear probes with k-fold CV on the
+"""Score a checkpoint downstream (docs/method.md#downstream-probes): tree and linear probes with k-fold CV on the
 labelled training ids plus the fixed test set, embedding quality, robustness to dropped events
 (in time order) and, separately, to shuffled event order."""
 from __future__ import annotations

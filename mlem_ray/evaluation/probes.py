@@ -1,4 +1,4 @@
-"""Downstream probes on frozen embeddings (METHOD.md section 5, "Downstream probe").
+"""Downstream probes on frozen embeddings (docs/method.md#downstream-probes).
 
 The encoder is frozen; each sequence's embedding is a fixed feature vector. A probe model is fit on
 the labelled training ids (split "train" or "val", the *train pool*) with k-fold cross-validation,

@@ -1,4 +1,4 @@
-"""Embedding-quality measures (METHOD.md section 5, "Embedding quality").
+"""Embedding-quality measures (docs/method.md#embedding-quality).
 
 * Anisotropy: how much of the embedding's spectrum one direction takes. A collapsed or
   "cone-shaped" embedding has one dominant singular value and scores near 1; an isotropic one

@@ -1,5 +1,5 @@
 """Generative decoder: autoregressive reconstruction of a whole sequence from its embedding
-(METHOD.md §2)."""
+(docs/method.md#generative-decoder)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Event embedder (METHOD.md §2): one vector per event from its fields and its time gap."""
+"""Event embedder (docs/method.md#event-embedder): one vector per event from its fields and its time gap."""
 from __future__ import annotations
 
 import torch

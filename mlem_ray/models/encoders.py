@@ -1,4 +1,4 @@
-"""Sequence encoders: a batch of events -> one embedding per sequence (METHOD.md §2)."""
+"""Sequence encoders: a batch of events -> one embedding per sequence (docs/method.md#sequence-encoders)."""
 from __future__ import annotations
 
 import torch

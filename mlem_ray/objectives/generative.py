@@ -1,5 +1,5 @@
 """Generative objective: autoregressive reconstruction of the whole sequence from its embedding
-(METHOD.md §2; the generative modality of MLEM, Moskvoretskii et al. 2024)."""
+(docs/method.md#reconstruction-loss; the generative modality of MLEM, Moskvoretskii et al. 2024)."""
 from __future__ import annotations
 
 import torch

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -45,7 +44,7 @@ DEMO_SEQUENCES = 2000
 
 def location(text: str) -> str:
     """A sweep or data location as stored in sweep.json: a URI as given, a path made absolute."""
-    return text if storage.is_uri(text) else str(Path(text).resolve())
+    return storage.absolute(text)
 
 
 @dataclass
@@ -71,11 +70,10 @@ def check_locations(out: str, data: str) -> None:
     """The driver's own start-of-sweep check, before anything is written: --out (a URI) takes a
     probe object and gives it back byte-exact, and --data is a prepared data set it can read.
     Fails in seconds with one line: wrong bucket, no credentials, unreachable endpoint."""
-    if storage.is_uri(out):
-        try:
-            storage.check_access(out)
-        except storage.StorageError as e:
-            raise SweepError(f"--out {e}") from None
+    try:
+        storage.check_writable(out)
+    except storage.StorageError as e:
+        raise SweepError(f"--out {e}") from None
     if data:
         try:
             found = storage.exists(storage.join(data, "schema.json"))
@@ -88,8 +86,7 @@ def check_locations(out: str, data: str) -> None:
 def _resolve(settings: SweepJob, resume: bool) -> SweepJob:
     out = location(settings.out)
     state = storage.join(out, "sweep.json")
-    if storage.is_uri(out):
-        check_locations(out, "")  # a bad bucket or endpoint is named as such, not as "no sweep there"
+    check_locations(out, "")  # a bad bucket or endpoint is named as such, not as "no sweep there"
     if resume:
         if not storage.exists(state):
             raise SweepError(f"--resume: {out} holds no sweep (no sweep.json); start one with mlem-ray sweep --out {out}")
@@ -100,8 +97,8 @@ def _resolve(settings: SweepJob, resume: bool) -> SweepJob:
         raise SweepError(f"--out {out} already holds a sweep; pass --resume to continue it or choose another --out")
     space = settings.space or DEFAULT_SPACE
     load_space(space)  # refuse a bad file or an unknown name before anything is written
-    if not storage.is_uri(space) and Path(space).is_file():
-        space = str(Path(space).resolve())
+    if Path(space).is_file():  # a local file, recorded absolute (a URI or a shipped name is kept)
+        space = storage.absolute(space)
     data = location(settings.data) if settings.data else ""
     check_locations("", data)
     return replace(settings, out=out, space=space, data=data)
@@ -109,25 +106,16 @@ def _resolve(settings: SweepJob, resume: bool) -> SweepJob:
 
 def _prepare_out(settings: SweepJob) -> str:
     out = settings.out
-    if not storage.is_uri(out):
-        Path(out).mkdir(parents=True, exist_ok=True)
+    storage.ensure_dir(out)
     if not storage.exists(storage.join(out, "space.yaml")):
         storage.write_text(storage.join(out, "space.yaml"), space_text(settings.space))
     if not settings.data:
         data = storage.join(out, "data")
         if not storage.exists(storage.join(data, "schema.json")):
             print(f"generating Pendulum ({settings.sequences} sequences) in {data}", flush=True)
-            if storage.is_uri(data):
-                with tempfile.TemporaryDirectory(prefix="mlem_ray_data_") as local:
-                    made = Path(local) / "data"
-                    _generate_pendulum(made, settings.sequences)
-                    # schema.json last: it marks a complete data set (an interrupted upload is redone)
-                    schema = (made / "schema.json").read_bytes()
-                    (made / "schema.json").unlink()
-                    storage.upload(made, data)
-                    storage.write_bytes(storage.join(data, "schema.json"), schema)
-            else:
-                _generate_pendulum(Path(data), settings.sequences)
+            # schema.json last: it marks a complete data set (an interrupted upload is redone)
+            with storage.writable_dir(data, last="schema.json", prefix="mlem_ray_data_") as local:
+                _generate_pendulum(local, settings.sequences)
         settings = replace(settings, data=data)
     storage.write_text(storage.join(out, "sweep.json"), json.dumps(asdict(settings), indent=1))
     return out
@@ -182,16 +170,16 @@ def _resolve_metrics(stages: dict[str, StageSpace], data: str) -> dict[str, Stag
     return {name: stage.resolved(default) for name, stage in stages.items()}
 
 
-def _worker_env() -> dict:
-    """storage.worker_env(), less what a `ray job submit` runtime env already sets: Ray refuses
-    to merge a job's runtime env with a ray.init one that names the same variable."""
-    env = storage.worker_env()
+def _worker_env(*locations) -> dict | None:
+    """storage.worker_env_for(locations), less what a `ray job submit` runtime env already sets:
+    Ray refuses to merge a job's runtime env with a ray.init one that names the same variable."""
+    env = storage.worker_env_for(*locations)
     injected = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
     if injected:
         from ray.job_config import JobConfig
 
         taken = (JobConfig.from_json(json.loads(injected)).runtime_env or {}).get("env_vars") or {}
-        env = {k: v for k, v in env.items() if k not in taken}
+        env = {k: v for k, v in env.items() if k not in taken} if env is not None else None
     return env
 
 
@@ -245,8 +233,7 @@ def check_storage_reachable(out: str, nodes: list[dict], data: str = "", timeout
         try:
             if not st.exists(probe) or st.read_text(probe) != token:
                 return "blind"
-            if st.is_uri(out):
-                st.check_access(out, token=token)
+            st.check_writable(out, token=token)
             if data and not st.exists(st.join(data, "schema.json")):
                 return f"cannot read --data {data}"
         except st.StorageError as e:
@@ -282,10 +269,9 @@ def _start(settings: SweepJob, address: str | None) -> _Session:
 
     from ..training.resources import check_gpus, connect
 
-    object_storage = storage.is_uri(settings.out) or storage.is_uri(settings.data)
     # Workers on other nodes reach the same object store as the driver (endpoint, region,
     # checksum settings; never secrets: each node has its own credential chain).
-    connect(address, env_vars=_worker_env() if object_storage else None)
+    connect(address, env_vars=_worker_env(settings.out, settings.data))
     resources = ray.cluster_resources()
     check_gpus(settings.gpus_per_worker, settings.workers_per_trial, resources)
     if settings.eval_gpus > resources.get("GPU", 0.0):  # an unplaceable actor would wait forever
@@ -294,9 +280,7 @@ def _start(settings: SweepJob, address: str | None) -> _Session:
     alive = [n for n in ray.nodes() if n.get("Alive")]
     if len(alive) > 1:
         out = settings.out
-        created = not storage.is_uri(out) and not Path(out).exists()
-        if not storage.is_uri(out):
-            Path(out).mkdir(parents=True, exist_ok=True)
+        created = storage.ensure_dir(out)
         try:
             check_storage_reachable(out, alive, data=settings.data)
         except SweepError:
@@ -334,7 +318,6 @@ def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
     stages = _stages(space, settings)
     if settings.data:  # refuse a metric the data cannot give before anything is written
         stages = _resolve_metrics(stages, settings.data)
-    from .tuner import run_stage
 
     session = _start(settings, address)
     out, settings = session.out, session.settings

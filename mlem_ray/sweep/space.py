@@ -61,11 +61,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import typing
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import optuna
 import yaml
@@ -97,7 +95,7 @@ FROM_TEACHER = {
 
 
 # Keys that change the scale of the training loss, or the task its validation value measures: a
-# stage that sweeps one of them cannot rank its trials by val_loss (METHOD.md §4).
+# stage that sweeps one of them cannot rank its trials by val_loss (docs/method.md#what-a-sweep-varies-and-what-ranks-trials).
 LOSS_SCALE_KEYS = {
     "objective.margin", "objective.contrastive_loss", "objective.tau", "objective.neg_count",
     "objective.siglip_t_init", "objective.siglip_b_init", "objective.projector",
@@ -278,14 +276,17 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path) -> SearchSpace:
-        path = str(path)
+        from .. import storage
+
+        path = str(path)  # a local path or a storage URI
         try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
+            text = storage.read_text(path)
         except FileNotFoundError:
             raise SpaceError(f"{path}: no such search-space file") from None
-        except OSError as e:
-            raise SpaceError(f"{path}: cannot read: {e.strerror or e}") from None
+        except (OSError, storage.StorageError) as e:
+            raise SpaceError(f"{path}: cannot read it ({storage.explain(e)})") from None
+        except UnicodeDecodeError:
+            raise SpaceError(f"{path}: not a text file") from None
         return cls.from_text(text, path)
 
     @classmethod
@@ -330,12 +331,7 @@ def load_space(arg) -> SearchSpace:
     from .. import storage
 
     text = str(arg)
-    if storage.is_uri(text):
-        try:
-            return SearchSpace.from_text(storage.read_text(text), text)
-        except (OSError, storage.StorageError) as e:
-            raise SpaceError(f"--space {text}: cannot read it ({str(e).splitlines()[0][:200]})") from None
-    if Path(text).is_file() or "/" in text or os.sep in text:
+    if storage.is_location(text):
         return SearchSpace.load(text)
     name = text.removesuffix(".yaml")
     if name not in shipped():
@@ -349,7 +345,7 @@ def space_text(arg) -> str:
     from .. import storage
 
     text = str(arg)
-    if storage.is_uri(text) or Path(text).is_file() or "/" in text or os.sep in text:
+    if storage.is_location(text):
         return storage.read_text(text)
     return (_shipped_dir() / f"{text.removesuffix('.yaml')}.yaml").read_text(encoding="utf-8")
 

@@ -48,15 +48,14 @@ def _local(out) -> Path:
     from .. import storage
 
     where = storage.driver_dir(out)
-    if storage.is_uri(out):
-        where.mkdir(parents=True, exist_ok=True)
+    where.mkdir(parents=True, exist_ok=True)
     return where.resolve()
 
 
 def _name(out) -> str:
     from .. import storage
 
-    return storage.name(out) if storage.is_uri(out) else Path(out).name
+    return storage.name(out)
 
 
 def mlflow_uri(out: Path) -> str:

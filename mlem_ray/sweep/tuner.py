@@ -110,9 +110,7 @@ class ScoreOnComplete(tune.Callback):
 def in_store(out: str, path: str) -> str:
     """A path as Tune reports it (inside the sweep's storage file system: `bucket/...` on object
     storage) -> a location any process can open (`s3://bucket/...`)."""
-    if not storage.is_uri(out):
-        return path
-    return storage.uri_of(storage.resolve(out)[0], path)
+    return storage.uri_of(storage.resolve(out)[0], path)  # a local path comes back as it is
 
 
 def kept_checkpoint(result):

@@ -1,4 +1,4 @@
-"""Checkpoints (DESIGN.md): a directory with
+"""Checkpoints (docs/design.md#checkpoint): a directory with
 - ``model.pt``: {"format", "encoder": state dict, "objective": state dict, "trainer": resume state}
   of tensors and plain numbers only, loaded with ``torch.load(weights_only=True)``;
 - ``config.yaml``: the full resolved config; ``schema.json``: the data schema; ``metrics.json``.
@@ -56,11 +56,10 @@ def load_checkpoint(path, map_location="cpu") -> Checkpoint:
     """`path`: a checkpoint directory, or its storage URI (copied once per node into a local cache)."""
     from .. import storage
 
-    if storage.is_uri(path):
-        try:
-            path = storage.local_copy(path)
-        except (OSError, storage.StorageError) as e:
-            raise CheckpointError(f"{path}: cannot read the checkpoint ({str(e).splitlines()[0][:200]})") from None
+    try:
+        path = storage.local_copy(path)  # a plain path as it is
+    except (OSError, storage.StorageError) as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({str(e).splitlines()[0][:200]})") from None
     path = Path(path)
     if not (path / "model.pt").exists():
         raise CheckpointError(f"{path} is not a checkpoint (no model.pt); pass a checkpoint directory")

@@ -21,7 +21,7 @@ def check_gpus(gpus_per_worker: float, workers: int = 1, resources: dict | None 
 def connect(address: str | None, timeout_s: float = 5.0, env_vars: dict | None = None) -> None:
     """The one Ray start-up: join the cluster at `address` (auto, HOST:PORT or ray://HOST:PORT) or,
     without one, start Ray in-process with the dashboard (whose state API lets Train clean up the
-    placement groups of stopped runs, DESIGN.md). An address nothing answers at is refused with one
+    placement groups of stopped runs, docs/design.md#ray-patterns-and-pitfalls). An address nothing answers at is refused with one
     line: ray.init would retry it for minutes. `env_vars`: set in every worker (storage.worker_env()
     for a sweep or run on object storage)."""
     import ray

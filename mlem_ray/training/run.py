@@ -9,10 +9,7 @@ has no GPU (Ray then places it on a node that has one).
 """
 from __future__ import annotations
 
-import hashlib
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from .. import storage
@@ -82,11 +79,10 @@ def run_pretrain(job: PretrainJob, say: Callable[[str], None] = print) -> Pretra
 
 def check_out(target: str, cfg: Config) -> None:
     """The one place a run's --out is checked before any work starts."""
-    if storage.is_uri(target):
-        try:
-            storage.check_access(target)
-        except storage.StorageError as e:
-            raise UsageError(f"--out {e}") from None
+    try:
+        storage.check_writable(target)
+    except storage.StorageError as e:
+        raise UsageError(f"--out {e}") from None
 
 
 def _prepare_run_dir(target: str, resume: bool, overwrite: bool) -> str | None:
@@ -104,29 +100,15 @@ def _prepare_run_dir(target: str, resume: bool, overwrite: bool) -> str | None:
     return None
 
 
-def _staging(out: str) -> Path:
-    """A pretrain --out on object storage runs in a local directory (one per URI, so --resume finds
-    it again) and is uploaded at the end; a plain path is used as it is."""
-    if not storage.is_uri(out):
-        return Path(out)
-    return storage.cache_root() / "pretrain" / hashlib.sha256(out.encode()).hexdigest()[:24]
-
-
 def _run_inline(cfg: Config, target: str, resume: str | None, inputs, device, say) -> PretrainResult:
     from .local import LocalReporter
     from .loop import Runtime, train
 
-    out = _staging(target)
-    if storage.is_uri(target):
-        shutil.rmtree(out, ignore_errors=True)
-        if resume:
-            storage.download(resume, out / "last")
-            resume = out / "last"
     say(f"pretraining {cfg.objective.method} on {cfg.data.path} -> {target}" + (" (GPU)" if device.type == "cuda" else ""))
-    metrics = train(cfg, LocalReporter(out), Runtime(device=device, progress=True), resume=resume, inputs=inputs)
-    if storage.is_uri(target):
-        storage.upload(out, target)
-        shutil.rmtree(out, ignore_errors=True)
+    # On object storage the run happens in a local directory (one per URI) uploaded at the end.
+    with storage.staging(target, fetch=("last",) if resume else ()) as out:
+        metrics = train(cfg, LocalReporter(out), Runtime(device=device, progress=True),
+                        resume=out / "last" if resume else None, inputs=inputs)
     return PretrainResult(target, cfg.train.epochs, metrics["best_val_loss"] if metrics else None)
 
 
@@ -138,7 +120,7 @@ def _run_distributed(job: PretrainJob, cfg: Config, out: str, resume: str | None
     from .ray_train import run_distributed
     from .resources import check_gpus, connect
 
-    connect(job.address, env_vars=storage.worker_env() if storage.is_uri(out) or storage.is_uri(job.data) else None)
+    connect(job.address, env_vars=storage.worker_env_for(out, job.data))
     check_gpus(job.gpus_per_worker, job.workers)
     global_batch = cfg.data.batch_size * job.workers
     say(f"pretraining {cfg.objective.method} on {job.data} with {job.workers} Ray Train workers "
@@ -147,7 +129,7 @@ def _run_distributed(job: PretrainJob, cfg: Config, out: str, resume: str | None
     result = run_distributed(cfg, job.workers, job.gpus_per_worker, storage.join(out, "ray_train"), name="run",
                              cpus_per_worker=cpus, resume=resume,
                              # metrics.jsonl + scalars, as a local run (a URI --out: rank 0 has no local view of it)
-                             extra={} if storage.is_uri(out) else {"log_dir": str(Path(out).resolve())})
+                             extra={"log_dir": str(storage.local_path(out))} if storage.local_path(out) else {})
     best, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1].get("val_loss", float("inf")))
     for name, ckpt in (("best", best), ("last", result.checkpoint)):
         storage.copy_dir(storage.uri_of(ckpt.filesystem, ckpt.path), storage.join(out, name))
