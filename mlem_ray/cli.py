@@ -96,11 +96,14 @@ def _check_data_dir(path) -> None:
 
 
 def _pretrain(args) -> int:
+    from .config import METHODS
     from .training.run import PretrainJob, run_pretrain
 
+    if not args.method and not args.resume:
+        raise UsageError(f"--method is required ({', '.join(METHODS)}); only --resume takes the saved run's")
     _check_data_dir(args.data)
     base, overrides = _config_sources(args)
-    job = PretrainJob(method=args.method, data=str(args.data), out=str(args.out or ""), overrides=overrides,
+    job = PretrainJob(method=args.method or "", data=str(args.data), out=str(args.out or ""), overrides=overrides,
                       base=base, resume=args.resume, overwrite=args.overwrite, workers=args.workers,
                       gpus_per_worker=args.gpus_per_worker, address=args.address)
     result = run_pretrain(job, say=lambda line: print(line, flush=True))
@@ -238,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("pretrain", help="train one encoder locally (CoLES, generative, hybrid, MLEM or supervised)")
     q.add_argument("--data", required=True, help="prepared data set directory or URI")
-    q.add_argument("--method", required=True, choices=METHODS)
+    q.add_argument("--method", choices=METHODS, help="required, except with --resume (the saved run's)")
     q.add_argument("--teacher", help="MLEM: the frozen CoLES checkpoint, a directory or URI (same data schema)")
     q.add_argument("--epochs", type=int, help="number of epochs (train.epochs)")
     q.add_argument("--out", help="run directory or URI: best/ and last/ checkpoints, metrics.jsonl (default runs/pretrain-METHOD)")

@@ -143,12 +143,16 @@ class TrainConfig:
     # by: on the 200k-sequence set, disjoint 4,096-subsets' val_loss differ far less than two
     # configs a sweep compares (benchmarks/val_subset.py; figures in the README).
     val_size: int = 4096
+    # Steps between reads of the loss from the device: the finiteness check and the metric sums
+    # stay on it in between, so a GPU step never waits for the host (training/window.py). A
+    # non-finite loss is still found at its exact step, at the next read.
+    sync_every: int = 50
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler); training/accel.py
     prefetch: int = 0  # batches built ahead of the step in a background thread (0: built in the step)
     loader_workers: int = 0  # DataLoader worker processes building batches (0: in the training process)
 
     def __post_init__(self):
-        _positive(self, "epochs", "selection_every", "selection_size")
+        _positive(self, "epochs", "selection_every", "selection_size", "sync_every")
         _choice(self, "selection", ("none", "probe", "rankme"))
         if self.budget_cpu_s < 0 or self.budget_steps < 0:
             raise ConfigError("train.budget_cpu_s and train.budget_steps must be >= 0")

@@ -38,7 +38,7 @@ class MarginLoss(nn.Module):
         positive = (u[pos_i] - u[pos_j]).pow(2).sum(-1)
         k = min(self.neg_count, n - 1)
         neg_total = u.new_zeros(())
-        if k > 0 and (~same).any():
+        if k > 0:  # no negatives at all: every pick is masked (inf), none valid, a zero term; no host read
             masked = sq.detach().masked_fill(same, float("inf"))
             hard = masked.topk(k, dim=1, largest=False).indices  # (N, k)
             valid = torch.isfinite(masked.gather(1, hard))

@@ -1,6 +1,6 @@
 """The main job: the two-stage MLEM sweep (or a one-stage sweep), end to end.
 
-Every stage ranks its trials by the in-trial selection score (evaluation/selection.py: a linear
+Every stage ranks its trials by the in-trial selection score (training/selection.py: a linear
 probe on a fixed subset of the labelled training pool, or RankMe without labels). Stage 1 sweeps
 CoLES teachers; the evaluation actor scores every finished trial downstream; among the stage's
 finalists (best in-trial score) the best downstream score becomes the teacher. Stage 2 sweeps

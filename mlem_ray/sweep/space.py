@@ -28,7 +28,7 @@ and ``categorical``. A float distribution needs a float config key; an int one a
 key. Write floats in exponent form with a dot (``1.0e-4``): YAML reads ``1e-4`` as text (it is
 accepted and converted here all the same).
 
-The in-trial score ranks trials everywhere in a sweep (evaluation/selection.py): ``val_loss`` is
+The in-trial score ranks trials everywhere in a sweep (training/selection.py): ``val_loss`` is
 refused for a stage that sweeps a key that rescales the loss (``LOSS_SCALE_KEYS``, any
 ``objective.w_*``), since the sampler would then learn to shrink the loss rather than improve
 the embedding.
@@ -118,7 +118,7 @@ class StageSweep:
     reduction_factor: int = 2  # ASHA keeps 1/reduction_factor of the trials at each rung
     epochs: int = 10  # max epochs per trial (sets train.epochs)
     # What ranks trials (sampler, ASHA, the checkpoint kept per trial, the finalists): probe | rankme |
-    # val_loss (evaluation/selection.py); "" = probe when the data set has targets, else rankme.
+    # val_loss (training/selection.py); "" = probe when the data set has targets, else rankme.
     selection: str = ""
     mode: str = ""  # derived from selection (probe, rankme: max; val_loss: min); may be given if it agrees
     selection_every: int = 1  # compute the in-trial score every N epochs (and at the last)

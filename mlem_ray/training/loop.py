@@ -29,9 +29,10 @@ from torch import nn
 from ..config import Config
 from ..data.batching import FullCollator, SequenceDataset, SliceCollator, SliceSampler
 from ..data.prepared import EventSequences
-from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, ResourceError
+from ..errors import CheckpointError, ConfigError, DataError, ResourceError
 from .accel import Precision, prefetch, reuse_freed_memory
 from .checkpoint import Checkpoint, check_schema, load_checkpoint, saved_encoder, save_checkpoint
+from .window import StepWindow
 
 
 class Reporter(Protocol):
@@ -223,10 +224,12 @@ class Recipe:
         budget = self.cfg.train.budget_steps
         return bool(budget) and self.scheduler.last_epoch >= budget
 
-    def _cpu_budget_spent(self) -> bool:
+    def _cpu_budget_spent(self, window: StepWindow) -> bool:
         budget = self.cfg.train.budget_cpu_s
         if not budget:
             return False
+        if self.runtime.world_size > 1 and window.steps:
+            return False  # the all-reduce below is a host sync: across workers, at window starts only
         over = {"over": float(time.process_time() - self.cpu_start > budget)}
         return _reduce(over, self.runtime)["over"] > 0  # every rank stops at the same step
 
@@ -237,7 +240,8 @@ class Recipe:
         if self.kind == "slices":
             self.train_collate.set_epoch(epoch)
         self.model.train()
-        sums: dict[str, float] = {}
+        window = StepWindow(cfg.train.sync_every, runtime.device, runtime.world_size)
+        explain = self._non_finite_hint(self.scheduler.last_epoch)
         out_of_budget = False
         # The prefetch generator is closed (its thread joined) when the epoch's loop ends.
         source = prefetch(self.train_loader, cfg.train.prefetch)
@@ -246,40 +250,48 @@ class Recipe:
             for step, batch in enumerate(batches):
                 if step >= self.steps_per_epoch:
                     break
-                if self._cpu_budget_spent():
+                if self._cpu_budget_spent(window):
                     out_of_budget = True  # finish this epoch here: validate, checkpoint, stop
                     break
                 if on_batch is not None:
                     batch = on_batch(epoch, step, batch)
-                self._train_step(batch, sums, epoch, step)
+                self._train_step(batch, window)
+                if window.full:
+                    window.check(epoch, explain)
                 if self.step_budget_spent():
                     out_of_budget = True  # the same step on every rank: all count the same steps
                     break
+            window.check(epoch, explain)  # the epoch's last steps, before anything is checkpointed
         finally:
             if batches is not source:
                 batches.close()
             source.close()  # join the prefetch thread before the next epoch moves the collator on
-        return _mean_metrics(sums, "train", runtime), out_of_budget
+        return _mean_metrics(window.totals(), "train", runtime), out_of_budget
 
-    def _train_step(self, batch, sums: dict, epoch: int, step: int) -> None:
-        runtime, cfg = self.runtime, self.cfg
-        batch = batch.to(runtime.device, non_blocking=True)
+    def _train_step(self, batch, window: StepWindow) -> None:
+        """Forward, backward, optimizer and schedule steps; nothing here reads the device (the
+        window keeps the loss parts and their finiteness on it)."""
+        if self.scheduler.last_epoch == 0:
+            self._first_batch = batch  # host-side, for the message should the very first loss be non-finite
+        rows = len(batch)
+        batch = batch.to(self.runtime.device, non_blocking=True)
         with self.precision.autocast():
             out = self.model(batch)
-        loss = out["loss"]
-        finite = torch.isfinite(loss).to(torch.float64)
-        if runtime.world_size > 1:
-            finite = torch.tensor(_reduce({"f": finite.item()}, runtime)["f"] / runtime.world_size)
-        if finite.item() < 1.0:
-            parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items())
-            raise NonFiniteLossError(
-                f"non-finite loss at epoch {epoch}, step {step} ({parts}); stopped, the last good "
-                f"checkpoint is kept. Lower optim.lr, check the data for extreme values, or keep optim.clip_grad on"
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        self.precision.backward_step(loss, self.optimizer, self.objective.parameters(), cfg.optim.clip_grad)
+        self.precision.backward_step(out["loss"], self.optimizer, self.objective.parameters(), self.cfg.optim.clip_grad)
         self.scheduler.step()
-        _accumulate(sums, out, len(batch))
+        window.add(out, rows)
+
+    def _non_finite_hint(self, steps_before_epoch: int):
+        """-> explain(step): what could make the loss at that step of this epoch non-finite. At the
+        run's first step no update has happened yet, so the cause is in the inputs or the loss's
+        settings, and the first batch is searched for the inputs that could be it."""
+        def explain(step: int) -> str:
+            if steps_before_epoch + step == 0 and getattr(self, "_first_batch", None) is not None:
+                return _first_step_suspects(self._first_batch, self.seqs.schema, self.cfg)
+            return "Lower optim.lr, check the data for extreme values, or keep optim.clip_grad on"
+
+        return explain
 
     # ---- validation ----
 
@@ -359,7 +371,9 @@ class EpochSampler(torch.utils.data.Sampler):
     def __iter__(self):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
         per_rank = self.n // self.world if self.world > 1 else self.n
-        return iter(order[self.rank :: self.world][:per_rank].tolist())
+        # Lazily: an epoch of train.steps_per_epoch steps reads only its own rows, not a Python
+        # list of the whole split (a million sequences: 0.1 s per epoch for nothing).
+        return map(int, order[self.rank :: self.world][:per_rank])
 
     def __len__(self) -> int:
         return self.n // self.world if self.world > 1 else self.n
@@ -480,6 +494,28 @@ def _restore_rng(trainer_state: dict, cfg: Config, runtime: Runtime) -> None:
             torch.cuda.set_rng_state(mine["cuda"].cpu(), runtime.device)
     else:
         torch.manual_seed(cfg.train.seed + runtime.rank + 1000 * (int(trainer_state["epoch"]) + 1))
+
+
+def _first_step_suspects(batch, schema, cfg: Config) -> str:
+    """What in the first batch (or the config) can make the very first loss non-finite."""
+    found = []
+    for j, f in enumerate(schema.numeric):
+        present = batch.num[..., j][batch.num_mask[..., j]]
+        if present.numel() and not torch.isfinite(present).all():
+            found.append(f"non-finite values in numeric field {f.name!r}")
+        elif present.numel() and float(present.abs().max()) > 1e4:
+            found.append(f"extreme values in numeric field {f.name!r} (up to {float(present.abs().max()):.3g} "
+                         "robust-scaled units)")
+    gaps = batch.dt[batch.mask]
+    if gaps.numel() and not torch.isfinite(gaps).all():
+        found.append("non-finite time gaps")
+    elif gaps.numel() and cfg.model.time_encoding == "raw" and float(gaps.abs().max()) > 1e4:
+        found.append(f"time gaps up to {float(gaps.abs().max()):.3g} {schema.time_unit} with model.time_encoding=raw")
+    if found:
+        return ("It was the run's first step, before any update, so not the learning rate: the first batch has "
+                + "; ".join(found) + " (clip or drop them before `mlem-ray data ingest`)")
+    return ("It was the run's first step, before any update, so not the learning rate, and the first batch holds "
+            "no extreme input: check the loss settings (objective.margin, tau, w_*, siglip_*)")
 
 
 def _accumulate(sums: dict, out: dict, n: int) -> None:

@@ -13,15 +13,22 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import storage
-from ..config import Config, make_config
+from ..config import Config, ConfigError, make_config
 from ..errors import UsageError
+
+# Keys a resumed run may take from today's flags although its saved config.yaml says otherwise:
+# where the data set is now, how long to go on (with optim.schedule=cosine a changed train.epochs
+# stretches the schedule to the new end), and how this machine runs it. Any other key that
+# differs from the saved run is refused, naming it: the run would no longer be the one saved.
+RESUME_MAY_CHANGE = ("data.path", "train.epochs", "train.budget_cpu_s", "train.device", "train.threads",
+                     "train.prefetch", "train.loader_workers", "train.sync_every")
 
 
 @dataclass(frozen=True)
 class PretrainJob:
     """What `mlem-ray pretrain` asks for."""
 
-    method: str
+    method: str  # "" on --resume: the saved run's
     data: str  # prepared data set, a path or URI
     out: str = ""  # run directory or URI; "" -> runs/pretrain-<method>
     overrides: dict = field(default_factory=dict)  # flat section.key -> value (--set, --epochs, --teacher)
@@ -38,7 +45,17 @@ class PretrainJob:
 
     @property
     def target(self) -> str:
+        if not self.out and not self.method:
+            raise UsageError("pretrain needs --method (or --out RUN with --resume)")
         return str(self.out or f"runs/pretrain-{self.method}")
+
+    def requested(self) -> dict:
+        """The flat keys the flags set explicitly (--method, --config, --set, --epochs, --teacher)."""
+        flat = {f"{section}.{key}": value for section, values in (self.base or {}).items()
+                if isinstance(values, dict) for key, value in values.items()}
+        if self.method:
+            flat["objective.method"] = self.method
+        return {**flat, **self.overrides, "data.path": str(self.data)}
 
 
 @dataclass(frozen=True)
@@ -64,17 +81,43 @@ def run_pretrain(job: PretrainJob, say: Callable[[str], None] = print) -> Pretra
 
     if job.workers < 1 or job.gpus_per_worker < 0:
         raise UsageError("--workers must be >= 1 and --gpus-per-worker >= 0")
-    cfg = job.config()
+    target = job.target
+    cfg = resumed_config(job, target) if job.resume else job.config()
     inline = runs_inline(job.workers, job.gpus_per_worker, torch.cuda.is_available())
     # Everything refusable is refused before --out is touched.
     inputs = preflight(cfg, local_device=inline)
     device = torch.device("cuda") if inline and job.gpus_per_worker > 0 else resolve_device(cfg.train.device)
-    target = job.target
     check_out(target, cfg)
     resume = _prepare_run_dir(target, job.resume, job.overwrite)
     if not inline:
         return _run_distributed(job, cfg, target, resume, say)
     return _run_inline(cfg, target, resume, inputs, device, say)
+
+
+def resumed_config(job: PretrainJob, target: str) -> Config:
+    """The saved run's config (RUN/last/config.yaml), with what the flags may change on a resume
+    (RESUME_MAY_CHANGE); a flag that contradicts the saved run is refused, naming the keys.
+    Flags repeating the saved values are fine; no flags at all continue the saved run."""
+    import yaml
+
+    last = storage.join(target, "last")
+    if not storage.exists(storage.join(last, "model.pt")):
+        raise UsageError(f"--resume: {target} holds no run to continue (no {last})")
+    try:
+        saved = Config.from_dict(yaml.safe_load(storage.read_text(storage.join(last, "config.yaml"))))
+    except (OSError, ConfigError, yaml.YAMLError) as e:
+        raise UsageError(f"--resume: cannot read {storage.join(last, 'config.yaml')} ({' '.join(str(e).split())[:200]})"
+                         ) from None
+    requested = job.requested()
+    asked = saved.replace(**requested).to_dict()  # type-checked and coerced as the saved values are
+    before = saved.to_dict()
+    value = lambda d, key: d[key.split(".")[0]][key.split(".")[1]]  # noqa: E731
+    differ = [k for k in requested if k not in RESUME_MAY_CHANGE and value(asked, k) != value(before, k)]
+    if differ:
+        shown = ", ".join(f"{k}={value(asked, k)!r} (saved: {value(before, k)!r})" for k in differ)
+        raise UsageError(f"--resume: the flags contradict the run saved in {target}: {shown}; drop them to continue "
+                         "the saved run, or start a new run (another --out, or --overwrite)")
+    return saved.replace(**{k: v for k, v in requested.items() if k in RESUME_MAY_CHANGE})
 
 
 def check_out(target: str, cfg: Config) -> None:
