@@ -24,7 +24,6 @@ def _print_summary(out, schema) -> None:
         f"wrote {out}: {c['sequences_kept']} sequences, {c['events_kept']} events"
         + (f" in {shards} shards" if shards > 1 else "")
         + f" (train {c['train']}, val {c['val']}, test {c['test']}); "
-        f"(train {c['train']}, val {c['val']}, test {c['test']}); "
         f"dropped {c['sequences_dropped_short']} sequences shorter than {schema.min_len}, "
         f"truncated {c['events_truncated']} events beyond {schema.max_len}"
         + (f"; task {schema.task}, {c['labelled']} labelled" if schema.task else "")
