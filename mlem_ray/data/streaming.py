@@ -595,7 +595,7 @@ def stream_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwri
             longest = max(s.longest for s in summaries)
             raise DataError(f"no sequence has at least --min-len {spec.min_len} events (longest has {longest}); "
                             "lower --min-len")
-        value_types = _cat_value_types(summaries, spec)
+        value_types = cat_value_types(summaries, spec)
         fitted = fit(summaries, spec, value_types, sample_cap)
         target_table, task, class_names = finish_targets(targets, spec, summaries, counts)
         schema = make_schema(spec, fitted, counts, task, class_names, targets is not None)
@@ -615,7 +615,7 @@ def stream_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwri
         shutil.rmtree(spill, ignore_errors=True)
 
 
-def _cat_value_types(summaries, spec) -> list:
+def cat_value_types(summaries, spec) -> list:
     """Each categorical field's spilled type (from a sorted bucket's file schema)."""
     first = next((s.arranged for s in summaries if s.arranged), None)
     if first is None:
