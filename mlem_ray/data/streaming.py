@@ -364,7 +364,9 @@ def arrange_bucket(parts: list[str], spec: IngestSpec, labelled: pa.Array | None
 
 class SampleMerger:
     """The training values of one numeric field over the buckets: all of them while they are at
-    most `cap`, else the `cap` with the smallest keys (a seeded uniform sample)."""
+    most `cap`, else the `cap` with the smallest keys (a seeded uniform sample). Once `cap` are
+    held, a value whose key is past the largest held key can never enter the sample and is
+    dropped at once, so memory stays near `cap` values whatever the table's size."""
 
     def __init__(self, cap: int = SAMPLE_CAP):
         self.cap = cap
@@ -372,19 +374,26 @@ class SampleMerger:
         self.values: list[np.ndarray] = []
         self.total = 0  # values seen, sampled or not
         self.held = 0
+        self.threshold: np.uint64 | None = None  # the largest key held after a prune
 
     def add(self, keys: np.ndarray, values: np.ndarray, seen: int | None = None) -> None:
+        self.total += len(keys) if seen is None else seen
+        if self.threshold is not None:
+            below = keys < self.threshold
+            keys, values = keys[below], values[below]
         self.keys.append(keys)
         self.values.append(values)
         self.held += len(keys)
-        self.total += len(keys) if seen is None else seen
-        if self.held > 2 * self.cap:
+        if self.held > self.cap + self.cap // 4:
             self._prune()
 
     def _prune(self) -> None:
         k, v = np.concatenate(self.keys), np.concatenate(self.values)
+        self.keys, self.values = [], []
         keep = np.argpartition(k, self.cap - 1)[: self.cap]
-        self.keys, self.values, self.held = [k[keep]], [v[keep]], self.cap
+        k, v = k[keep], v[keep]
+        self.keys, self.values, self.held = [k], [v], self.cap
+        self.threshold = k.max()
 
     @property
     def exact(self) -> bool:
