@@ -41,7 +41,14 @@ def _data(args) -> int:
             num_cols=_csv_list(args.num_cols), time_unit=args.time_unit, target_col=args.target_col,
             task=args.task, min_count=args.min_count, **common,
         )
+        import signal
+
         from .data.streaming import ingest_any
+
+        def terminate(signum, frame):
+            raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: spill files and temp dirs are removed
+
+        signal.signal(signal.SIGTERM, terminate)
 
         def progress(msg):
             print(msg, file=sys.stderr, flush=True)
