@@ -113,6 +113,19 @@ def test_streaming_equals_in_memory_on_three_shuffled_files(tmp_path, fmt):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # spill and temp dirs removed
 
 
+def test_two_worker_processes_give_the_same_content(tmp_path):
+    events = event_table(seed=7)
+    shuffled = events.take(pa.array(np.random.default_rng(0).permutation(events.num_rows)))
+    pq.write_table(shuffled, tmp_path / "e.parquet", row_group_size=1000)  # one file read as 4 runs of row groups
+    pq.write_table(target_table(events, seed=7), tmp_path / "targets.parquet")
+    for workers in (1, 2):
+        stream_ingest(tmp_path / "e.parquet", tmp_path / f"w{workers}", SPEC, targets_path=tmp_path / "targets.parquet",
+                      n_buckets=5, workers=workers)
+    assert_same_content(tmp_path / "w1", tmp_path / "w2")
+    assert ([p.read_bytes() for p in sorted((tmp_path / "w1").iterdir())]
+            == [p.read_bytes() for p in sorted((tmp_path / "w2").iterdir())])  # byte for byte
+
+
 def _csv_of(table, tmp_path):
     path = tmp_path / "all.csv"
     pacsv.write_csv(table, path)

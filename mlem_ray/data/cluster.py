@@ -17,45 +17,14 @@ to ``--out`` when all are done, ``schema.json`` last (a location without it is n
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from dataclasses import replace
-from pathlib import Path
 
 from .. import storage
 from . import sources, streaming
 from .ingest import IngestSpec, labelled_ids
-from .prepared import PreparedWriter, shard_entry, shard_name, write_shard
-from .schema import DataError, Schema
-
-
-def _partition_task(file: sources.InputFile, index: int, spec: IngestSpec, spill: str, n_buckets: int):
-    return streaming.partition_files([file], spec, spill, n_buckets, tag=f"f{index:05d}")
-
-
-def _arrange_task(parts: list[str], spec: IngestSpec, labelled, arranged: str, sample_cap: int):
-    summary = streaming.arrange_bucket(parts, spec, labelled, arranged, sample_cap)
-    for p in parts:
-        storage.delete(p)
-    return summary
-
-
-def _encode_task(arranged: str, spec: IngestSpec, fitted, schema: Schema, shard_dir: str, name: str) -> dict:
-    """Encode one bucket and write its shard into `shard_dir` (a local directory, or a URI: the
-    files are written locally with the data set's fixed settings, then uploaded)."""
-    table = streaming.encode_bucket(arranged, spec, fitted)
-    storage.delete(arranged)
-    if not storage.is_uri(shard_dir):
-        write_shard(Path(shard_dir), name, table)
-    else:
-        local = Path(tempfile.mkdtemp(prefix="mlem-shard-"))
-        try:
-            write_shard(local, name, table)
-            storage.upload(local, shard_dir)
-        finally:
-            shutil.rmtree(local, ignore_errors=True)
-    return shard_entry(name, table, schema)
+from .prepared import PreparedWriter
+from .schema import Schema
 
 
 def _connect(address: str | None):
@@ -90,46 +59,38 @@ def cluster_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwr
     storage.makedirs(spill)
     if storage.is_uri(out):
         streaming.check_out_uri(out, overwrite)
+
+    def run(fn, calls):
+        task = ray.remote(num_cpus=1)(fn)
+        shared = {}  # large arguments (the spec, the labelled ids, the statistics) go to the object store once
+
+        def ref(x):
+            if isinstance(x, (str, int, list, sources.InputFile)) or x is None:
+                return x
+            if id(x) not in shared:
+                shared[id(x)] = ray.put(x)
+            return shared[id(x)]
+
+        return ray.get([task.remote(*[ref(a) for a in args]) for args in calls])
+
+    units = streaming.work_units(files, 2 * cpus)
+    say(f"pass 2: {len(units)} unit(s) of {len(files)} file(s) as Ray tasks, about {events:,} events -> "
+        f"{n_buckets} bucket(s)")
     try:
-        say(f"pass 2: {len(files)} file(s) as Ray tasks, about {events:,} events -> {n_buckets} bucket(s)")
-        part = ray.remote(num_cpus=1)(_partition_task)
-        spec_ref = ray.put(spec)
-        results = ray.get([part.remote(f, i, spec_ref, spill, n_buckets) for i, f in enumerate(files)])
-        if sum(rows for _, rows in results) == 0:
-            raise DataError(f"events file {events_path} has a header but no rows")
-        arrange = ray.remote(num_cpus=1)(_arrange_task)
-        labelled_ref = ray.put(labelled)
-        buckets = [b for b in range(n_buckets) if any(b in spilled for spilled, _ in results)]
-        summaries = ray.get([
-            arrange.remote([spilled[b] for spilled, _ in results if b in spilled], spec_ref, labelled_ref,
-                           storage.join(spill, f"sorted-{b:05d}.arrow"), sample_cap)
-            for b in buckets])
-        say(f"pass 3a: {len(buckets)} bucket(s) sorted")
-        counts = streaming.total_counts(summaries)
-        if counts["events_kept"] == 0:
-            raise DataError(f"no sequence has at least --min-len {spec.min_len} events (longest has "
-                            f"{max(s.longest for s in summaries)}); lower --min-len")
-        fitted = streaming.fit(summaries, spec, streaming.cat_value_types(summaries, spec), sample_cap)
-        target_table, task, class_names = streaming.finish_targets(targets, spec, summaries, counts)
-        schema = streaming.make_schema(spec, fitted, counts, task, class_names, targets is not None)
-        kept = [s for s in summaries if s.arranged]
-        encode = ray.remote(num_cpus=1)(_encode_task)
-        fitted_ref, schema_ref = ray.put(fitted), ray.put(schema)
         if not storage.is_uri(out):
             with PreparedWriter(out, overwrite=overwrite) as writer:
-                entries = ray.get([encode.remote(s.arranged, spec_ref, fitted_ref, schema_ref, str(writer.directory),
-                                                 shard_name(i)) for i, s in enumerate(kept)])
-                for e in entries:
+                schema, target_table = streaming.run_passes(units, spec, labelled, targets, spill,
+                                                            lambda schema: str(writer.directory), n_buckets,
+                                                            sample_cap, run, say)
+                for e in schema.shards:
                     writer.add_written_shard(e)
                 writer.finish(schema, target_table)
-            say(f"pass 3b: {len(kept)} shard(s)")
-            return schema.with_shards(entries)
+            return schema
         staging = storage.join(spill, "out")
-        entries = ray.get([encode.remote(s.arranged, spec_ref, fitted_ref, schema_ref, staging, shard_name(i))
-                           for i, s in enumerate(kept)])
-        schema = schema.with_shards(entries)
+        schema, target_table = streaming.run_passes(units, spec, labelled, targets, spill, lambda schema: staging,
+                                                    n_buckets, sample_cap, run, say)
         _publish_from_staging(staging, out, schema, target_table)
-        say(f"pass 3b: {len(kept)} shard(s) in {out}")
+        say(f"published to {out}")
         return schema
     finally:
         storage.delete(spill)

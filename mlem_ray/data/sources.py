@@ -32,6 +32,7 @@ class InputFile:
 
     location: str
     size: int
+    row_groups: tuple | None = None  # a Parquet file's row groups to read (None: all), so one file can be split
 
     @property
     def is_parquet(self) -> bool:
@@ -131,7 +132,8 @@ def iter_batches(file: InputFile, what: str, columns, text_cols=(), batch_size: 
                 if missing:
                     raise DataError(f"{what} file {file.location} has no column {missing[0]!r} "
                                     f"(columns: {', '.join(pf.schema_arrow.names)})")
-                yield from pf.iter_batches(batch_size=batch_size, columns=list(columns))
+                groups = list(file.row_groups) if file.row_groups is not None else None
+                yield from pf.iter_batches(batch_size=batch_size, columns=list(columns), row_groups=groups)
             return
         from pyarrow import csv
 

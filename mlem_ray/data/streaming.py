@@ -570,11 +570,123 @@ def id_type_of(files: list[sources.InputFile], spec: IngestSpec) -> pa.DataType:
     return pa.string() if sources.is_text(t) else t
 
 
+def work_units(files: list[sources.InputFile], pieces: int) -> list[sources.InputFile]:
+    """The files, Parquet ones cut into runs of row groups so that there are about `pieces`
+    units to read in parallel; in read order (a bucket's parts are concatenated in this order)."""
+    if pieces <= 1 or len(files) >= pieces:
+        return files
+    import pyarrow.parquet as pq
+
+    units = []
+    per_file = math.ceil(pieces / len(files))
+    for f in files:
+        if not f.is_parquet:
+            units.append(f)
+            continue
+        fs, path = storage.resolve(f.location)
+        with fs.open_input_file(path) as h:
+            groups = pq.ParquetFile(h).metadata.num_row_groups
+        bounds = np.linspace(0, groups, min(per_file, groups) + 1).astype(int)
+        units += [replace(f, row_groups=tuple(range(a, b))) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return units
+
+
+def partition_unit(unit: sources.InputFile, index: int, spec: IngestSpec, spill: str, n_buckets: int):
+    """Pass 2 on one unit (a file or a run of its row groups): spill files tagged by the unit."""
+    return partition_files([unit], spec, spill, n_buckets, tag=f"u{index:05d}")
+
+
+def arrange_parts(parts: list[str], spec: IngestSpec, labelled, arranged: str, sample_cap: int) -> BucketSummary:
+    """Pass 3a on one bucket; its spill files are removed once the sorted copy is written (disk
+    use stays near one copy of the table)."""
+    summary = arrange_bucket(parts, spec, labelled, arranged, sample_cap)
+    for p in parts:
+        storage.delete(p)
+    return summary
+
+
+def encode_to_shard(arranged: str, spec: IngestSpec, fitted: Fitted, schema: Schema, shard_dir: str,
+                    name: str) -> dict:
+    """Pass 3b on one bucket: its shard's files in `shard_dir` (a directory, or a URI: written
+    locally with the data set's fixed settings, then uploaded) -> the shard's entry."""
+    table = encode_bucket(arranged, spec, fitted)
+    storage.delete(arranged)
+    if not storage.is_uri(shard_dir):
+        write_shard(Path(shard_dir), name, table)
+    else:
+        local = Path(tempfile.mkdtemp(prefix="mlem-shard-"))
+        try:
+            write_shard(local, name, table)
+            storage.upload(local, shard_dir)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+    return shard_entry(name, table, schema)
+
+
+class LocalMap:
+    """Runs a pass's tasks here (one worker) or in a pool of processes on this machine."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool = None
+
+    def __enter__(self):
+        if self.workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: a forked copy of a process running pyarrow's thread pools can deadlock
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __call__(self, fn, calls: list[tuple]) -> list:
+        if self.pool is None:
+            return [fn(*args) for args in calls]
+        return [f.result() for f in [self.pool.submit(fn, *args) for args in calls]]
+
+
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def run_passes(units, spec: IngestSpec, labelled, targets, spill: str, shard_dir_for, n_buckets: int,
+               sample_cap: int, run, say):
+    """Passes 2 and 3 with `run(fn, calls)` doing each pass's tasks (here, in a process pool or as
+    Ray tasks). `shard_dir_for(schema)` -> where pass 3b writes the shards (a writer's temp dir).
+    -> (schema with its shards, targets table)."""
+    results = run(partition_unit, [(u, i, spec, spill, n_buckets) for i, u in enumerate(units)])
+    if sum(rows for _, rows in results) == 0:
+        raise DataError("the events table has a header but no rows")
+    buckets = [b for b in range(n_buckets) if any(b in spilled for spilled, _ in results)]
+    summaries = run(arrange_parts, [([spilled[b] for spilled, _ in results if b in spilled], spec, labelled,
+                                     storage.join(spill, f"sorted-{b:05d}.arrow"), sample_cap) for b in buckets])
+    say(f"pass 3a: {len(buckets)} bucket(s) sorted")
+    counts = total_counts(summaries)
+    if counts["events_kept"] == 0:
+        raise DataError(f"no sequence has at least --min-len {spec.min_len} events (longest has "
+                        f"{max(s.longest for s in summaries)}); lower --min-len")
+    fitted = fit(summaries, spec, cat_value_types(summaries, spec), sample_cap)
+    target_table, task, class_names = finish_targets(targets, spec, summaries, counts)
+    schema = make_schema(spec, fitted, counts, task, class_names, targets is not None)
+    kept = [s for s in summaries if s.arranged]
+    shard_dir = shard_dir_for(schema)
+    say(f"pass 3b: shard 1/{len(kept)}")
+    entries = run(encode_to_shard, [(s.arranged, spec, fitted, schema, shard_dir, shard_name(i))
+                                    for i, s in enumerate(kept)])
+    say(f"pass 3b: {len(kept)} shard(s) written")
+    return schema.with_shards(entries), target_table
+
+
 def stream_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwrite: bool = False,
                   memory_gb: float | None = None, tmp_dir=None, n_buckets: int | None = None,
-                  sample_cap: int = SAMPLE_CAP, progress=None) -> Schema:
-    """The three passes on this machine; `out` a directory (or a URI: written locally, then
-    uploaded by `publish`). Nothing in `out` changes until the data set is complete."""
+                  sample_cap: int = SAMPLE_CAP, progress=None, workers: int | None = None) -> Schema:
+    """The three passes on this machine, in `workers` processes (default: up to 2); `out` a
+    directory (or a URI: written locally, then uploaded by `publish`). Nothing in `out` changes
+    until the data set is complete."""
     say = progress or (lambda msg: None)
     targets, spec = read_targets(targets_path, spec)
     spec = replace(spec, source=str(events_path))
@@ -582,44 +694,26 @@ def stream_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwri
     id_type = id_type_of(files, spec)
     labelled = labelled_ids(targets, spec, id_type) if targets is not None else None
     events = estimate_events(files)
+    if workers is None:
+        # starting worker processes (about a second each) costs more than it saves on a small table
+        workers = default_workers() if events >= MAX_BUCKET_EVENTS else 1
     if n_buckets is None:
-        n_buckets = bucket_count(events, memory_gb or default_memory_gb())
+        n_buckets = bucket_count(events, memory_gb or default_memory_gb(), concurrent=workers)
     spill = make_spill_dir(spill_root(out, tmp_dir))
+    local_out = Path(out) if not storage.is_uri(out) else spill / "out"
+    units = work_units(files, 2 * workers if workers > 1 else 1)
+    say(f"pass 2: {len(units)} unit(s) of {len(files)} file(s), about {events:,} events -> {n_buckets} bucket(s) "
+        f"in {spill}, {workers} worker(s)")
     try:
-        say(f"pass 2: {len(files)} file(s), about {events:,} events -> {n_buckets} bucket(s) in {spill}")
-        spilled, rows = partition_files(files, spec, str(spill), n_buckets)
-        if rows == 0:
-            raise DataError(f"events file {events_path} has a header but no rows")
-        value_types = [None] * len(spec.cat_cols)
-        summaries = []
-        for b in range(n_buckets):
-            if b not in spilled:
-                continue
-            s = arrange_bucket([spilled[b]], spec, labelled, str(spill / f"sorted-{b:05d}.arrow"), sample_cap)
-            os.unlink(spilled[b])  # the sorted copy replaces it: disk use stays near one copy of the table
-            summaries.append(s)
-            say(f"pass 3a: bucket {b + 1}/{n_buckets}")
-        counts = total_counts(summaries)
-        if counts["events_kept"] == 0:
-            longest = max(s.longest for s in summaries)
-            raise DataError(f"no sequence has at least --min-len {spec.min_len} events (longest has {longest}); "
-                            "lower --min-len")
-        value_types = cat_value_types(summaries, spec)
-        fitted = fit(summaries, spec, value_types, sample_cap)
-        target_table, task, class_names = finish_targets(targets, spec, summaries, counts)
-        schema = make_schema(spec, fitted, counts, task, class_names, targets is not None)
-        local_out = Path(out) if not storage.is_uri(out) else spill / "out"
-        with PreparedWriter(local_out, overwrite=overwrite or storage.is_uri(out)) as writer:
-            kept = [s for s in summaries if s.arranged]
-            for i, s in enumerate(kept):
-                table = encode_bucket(s.arranged, spec, fitted)
-                os.unlink(s.arranged)
-                writer.add_shard(table, schema, name=shard_name(i))
-                say(f"pass 3b: shard {i + 1}/{len(kept)}")
+        with LocalMap(workers) as run, PreparedWriter(local_out, overwrite=overwrite or storage.is_uri(out)) as writer:
+            schema, target_table = run_passes(units, spec, labelled, targets, str(spill),
+                                              lambda schema: str(writer.directory), n_buckets, sample_cap, run, say)
+            for e in schema.shards:
+                writer.add_written_shard(e)
             writer.finish(schema, target_table)
         if storage.is_uri(out):
             publish(local_out, out, overwrite)
-        return schema.with_shards(writer.shards)
+        return schema
     finally:
         shutil.rmtree(spill, ignore_errors=True)
 
