@@ -7,7 +7,6 @@ loop runs per event or per sequence.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -451,5 +450,5 @@ def ingest(events_path, out, spec: IngestSpec, targets_path=None, overwrite: boo
     spec = replace(spec, source=str(events_path))
     # The event table is passed without keeping a name for it, so prepare() can free its columns.
     sequences, target_table, schema = prepare(read_table(events_path, "events", text_cols=(spec.id_col,)), spec, targets)
-    write_prepared(out, sequences, target_table, schema, overwrite=overwrite)
-    return schema
+    written = write_prepared(out, sequences, target_table, schema, overwrite=overwrite)
+    return Schema.load(written)  # with its shard listing
