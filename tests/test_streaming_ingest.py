@@ -110,6 +110,9 @@ def test_streaming_equals_in_memory_on_three_shuffled_files(tmp_path, fmt):
     assert mem["counts"]["events_truncated"] > 0 and mem["counts"]["sequences_dropped_short"] > 0
     assert mem["counts"]["test"] > 0 and mem["counts"]["targets_unused"] > 0
     assert_same_content(tmp_path / "mem", tmp_path / "stream")
+    # the in-memory path reads the three files too, by glob
+    ingest(str(tmp_path / "parts" / f"part-*.{fmt}"), tmp_path / "mem-glob", SPEC, targets_path=tmp_path / "targets.parquet")
+    assert_same_content(tmp_path / "mem", tmp_path / "mem-glob")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # spill and temp dirs removed
 
 
