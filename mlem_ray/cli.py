@@ -17,11 +17,13 @@ def _csv_list(text: str | None) -> tuple[str, ...]:
     return tuple(c.strip() for c in text.split(",") if c.strip()) if text else ()
 
 
-def _print_summary(out: Path, schema) -> None:
+def _print_summary(out, schema) -> None:
     c = schema.counts
+    shards = len(schema.shards)
     print(
-        f"wrote {out}: {c['sequences_kept']} sequences, {c['events_kept']} events "
-        f"(train {c['train']}, val {c['val']}, test {c['test']}); "
+        f"wrote {out}: {c['sequences_kept']} sequences, {c['events_kept']} events"
+        + (f" in {shards} shards" if shards > 1 else "")
+        + f" (train {c['train']}, val {c['val']}, test {c['test']}); "
         f"dropped {c['sequences_dropped_short']} sequences shorter than {schema.min_len}, "
         f"truncated {c['events_truncated']} events beyond {schema.max_len}"
         + (f"; task {schema.task}, {c['labelled']} labelled" if schema.task else "")
@@ -29,7 +31,7 @@ def _print_summary(out: Path, schema) -> None:
 
 
 def _data(args) -> int:
-    from .data.ingest import IngestSpec, ingest, prepare
+    from .data.ingest import IngestSpec, prepare
     from .data.prepared import write_prepared
 
     common = dict(max_len=args.max_len, min_len=args.min_len, test_fraction=args.test_fraction, seed=args.seed)
@@ -39,7 +41,21 @@ def _data(args) -> int:
             num_cols=_csv_list(args.num_cols), time_unit=args.time_unit, target_col=args.target_col,
             task=args.task, min_count=args.min_count, **common,
         )
-        schema = ingest(args.events, args.out, spec, targets_path=args.targets, overwrite=args.overwrite)
+        import signal
+
+        from .data.streaming import ingest_any
+
+        def terminate(signum, frame):
+            raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: spill files and temp dirs are removed
+
+        signal.signal(signal.SIGTERM, terminate)
+
+        def progress(msg):
+            print(msg, file=sys.stderr, flush=True)
+
+        schema, _ = ingest_any(args.events, args.out, spec, targets_path=args.targets, overwrite=args.overwrite,
+                               streaming=args.streaming, memory_gb=args.memory_gb, tmp_dir=args.tmp_dir,
+                               address=args.address, progress=progress if args.progress else None)
     elif args.source == "pendulum":
         from .data import pendulum
 
@@ -58,7 +74,7 @@ def _data(args) -> int:
         events, targets = flights.load(args.target)
         sequences, target_table, schema = prepare(events, spec, targets)
         write_prepared(args.out, sequences, target_table, schema, overwrite=args.overwrite)
-    _print_summary(Path(args.out), schema)
+    _print_summary(args.out, schema)
     return 0
 
 
@@ -207,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="prepare a data set (generate Pendulum, load flights, or ingest your own table)")
     dsub = data.add_subparsers(dest="source", required=True)
 
-    def data_common(q, max_len=1000, test_fraction=0.1):
-        q.add_argument("--out", required=True, type=Path, help="directory to write the prepared data set to")
+    def data_common(q, max_len=1000, test_fraction=0.1, out_type=Path):
+        q.add_argument("--out", required=True, type=out_type, help="directory (or, for ingest, URI) to write the prepared data set to")
         q.add_argument("--max-len", type=int, default=max_len, help="keep the last N events of longer sequences (default %(default)s)")
         q.add_argument("--min-len", type=int, default=2, help="leave out sequences with fewer events (default %(default)s)")
         q.add_argument("--test-fraction", type=float, default=test_fraction, help="fraction of labelled sequences held out as the fixed test set (default %(default)s)")
@@ -224,17 +240,28 @@ def build_parser() -> argparse.ArgumentParser:
     data_common(q)
 
     q = dsub.add_parser("ingest", help="your own flat event table (Parquet or CSV), one row per event")
-    q.add_argument("--events", required=True, type=Path, help="event table: .parquet or .csv")
+    q.add_argument("--events", required=True,
+                   help="event table: a .parquet or .csv file, a directory or glob of them, or a URI (s3://, gs://); "
+                        "rows in any order")
     q.add_argument("--id-col", required=True, help="column naming the entity (client, patient, ...)")
     q.add_argument("--time-col", required=True, help="event time: numbers in --time-unit, or datetimes")
     q.add_argument("--cat-cols", help="comma-separated categorical columns")
     q.add_argument("--num-cols", help="comma-separated numeric columns (NaN allowed)")
-    q.add_argument("--targets", type=Path, help="optional target table (Parquet or CSV): id column + target column")
+    q.add_argument("--targets", help="optional target table (Parquet or CSV, a path or URI): id column + target column")
     q.add_argument("--target-col", help="target column in --targets (default: its only non-id column)")
     q.add_argument("--task", choices=["binary", "multiclass", "regression"], help="default: inferred from the targets")
     q.add_argument("--time-unit", choices=["s", "ms", "days"], default="s", help="unit of numeric times; datetimes are converted to it (default %(default)s)")
     q.add_argument("--min-count", type=int, default=1, help="categorical values seen fewer times in training map to 'unseen' (default %(default)s)")
-    data_common(q)
+    q.add_argument("--streaming", choices=["auto", "on", "off"], default="auto",
+                   help="on: bounded-memory passes over buckets spilled to disk, written as shards; off: the whole "
+                        "table in memory (faster); auto: off when the table fits --memory-gb (default %(default)s)")
+    q.add_argument("--memory-gb", type=float, help="memory budget, sets the streaming bucket count "
+                                                   "(default: a quarter of this machine's memory)")
+    q.add_argument("--tmp-dir", help="where streaming spills its buckets (default: next to --out)")
+    q.add_argument("--address", help="Ray cluster to run the streaming passes on as tasks (auto or ray://...); "
+                                     "--tmp-dir must then be a location every node reaches (shared disk or URI)")
+    q.add_argument("--progress", action="store_true", help="print each pass's progress on stderr")
+    data_common(q, out_type=str)
     data.set_defaults(func=_data)
 
     from .config import METHODS

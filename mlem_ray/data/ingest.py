@@ -7,13 +7,13 @@ loop runs per event or per sequence.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import sources
 from .prepared import RESERVED_COLUMNS, write_prepared
 from .schema import (
     FIRST_CODE,
@@ -73,28 +73,11 @@ class IngestSpec:
             )
 
 
-def read_table(path: str | Path, what: str = "events") -> pa.Table:
-    """Read a Parquet or CSV file; one-line errors for missing, unreadable or empty files."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{what} file {path} does not exist")
-    if path.stat().st_size == 0:
-        raise DataError(f"{what} file {path} is empty")
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-        else:
-            from pyarrow import csv
-
-            table = csv.read_csv(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"cannot read {what} file {path}: {first}") from e
-    if table.num_rows == 0:
-        raise DataError(f"{what} file {path} has a header but no rows")
-    return table
+def read_table(path, what: str = "events", text_cols=()) -> pa.Table:
+    """A whole table in memory (a file, a directory or glob of files, or a URI; sources.py): one
+    line for missing, unreadable or empty files. ``text_cols`` (the id column) are read from CSV as
+    text, so ids such as ``007`` and ``7`` stay two ids."""
+    return sources.read_table(path, what, text_cols)
 
 
 def _require_columns(table: pa.Table, cols, what: str) -> None:
@@ -165,6 +148,67 @@ def _event_order(id_codes: np.ndarray, times: np.ndarray) -> np.ndarray:
     return by_time[np.argsort(id_codes.astype(key_type)[by_time], kind="stable")]
 
 
+def select_events(id_codes: np.ndarray, n_ids: int, times: np.ndarray, spec: IngestSpec):
+    """The events kept, in (id, time) order: the last ``max_len`` of each sequence, sequences
+    shorter than ``min_len`` left out. ``id_codes`` number the ids 0..n_ids-1 in id order.
+    -> (positions of the kept events in sorted order, events per id, kept per id, id kept)."""
+    order = _event_order(id_codes, times)
+    per_id = np.bincount(id_codes, minlength=n_ids)
+    kept_len = np.minimum(per_id, spec.max_len)
+    long_enough = kept_len >= spec.min_len
+    # rank of each sorted event counted from its sequence's end: 1 for the last event
+    sorted_ids = id_codes[order]
+    from_end = np.cumsum(per_id)[sorted_ids] - np.arange(len(order))
+    keep_event = (from_end <= spec.max_len) & long_enough[sorted_ids]
+    del from_end, sorted_ids
+    return order[keep_event], per_id, kept_len, long_enough
+
+
+def assign_splits(seq_ids: pa.Array, labelled: np.ndarray, spec: IngestSpec) -> np.ndarray:
+    """train/val/test per sequence from a hash of its id (and the seed) alone, so a sequence gets
+    the same split whatever the other ids, the row order or the shard it lands in. The test split
+    is drawn from the labelled sequences only."""
+    ids = np.asarray(seq_ids.to_pylist(), dtype=object)
+    u_test = _split_uniforms(ids, spec.seed, "test")
+    u_val = _split_uniforms(ids, spec.seed, "val")
+    split = np.full(len(ids), "train", dtype=object)
+    is_test = labelled & (u_test < spec.test_fraction)
+    split[is_test] = "test"
+    split[~is_test & (u_val < spec.val_fraction)] = "val"
+    return split
+
+
+def robust_stats(train: np.ndarray) -> tuple[float, float]:
+    """(median, IQR / 1.349) of a field's training values (NaN-free); the standard deviation where
+    the IQR is 0, and 1 where that is 0 too."""
+    if train.size == 0:
+        return 0.0, 1.0
+    q25, center, q75 = np.percentile(train, [25, 50, 75])
+    scale = (q75 - q25) / 1.349  # IQR of a normal is 1.349 sigma
+    if not scale > 0:
+        scale = float(np.std(train))
+        if not np.isfinite(scale):  # squares past float64's range: the same spread, computed scaled down
+            top = float(np.max(np.abs(train)))
+            scale = float(np.std(train / top)) * top
+    if not scale > 0 or not np.isfinite(scale):
+        scale = 1.0
+    return float(center), float(scale)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_scaled_range(name: str, lo: float, hi: float, center: float, scale: float) -> None:
+    """Refuse a field whose finite values leave float32's range once normalised: stored they
+    would become inf (and training fail at its first step), a silent change of the data."""
+    for v in (lo, hi):
+        if np.isfinite(v) and abs((v - center) / scale) > FLOAT32_MAX:
+            raise DataError(
+                f"numeric column {name!r} holds {v:g}, which normalised ((x - {center:g}) / {scale:g}) is beyond "
+                f"float32's range (±{FLOAT32_MAX:.3g}); rescale the column (e.g. a log) or drop those rows"
+            )
+
+
 def _split_uniforms(ids: np.ndarray, seed: int, salt: str) -> np.ndarray:
     """A deterministic uniform in [0, 1) per id: the same id gets the same split for the same seed,
     whatever the row order or the other ids in the file."""
@@ -194,16 +238,10 @@ def _fit_categorical(col: pa.ChunkedArray, train_events: np.ndarray, name: str, 
 
 def _fit_numeric(values: np.ndarray, train_events: np.ndarray, name: str):
     train = values[train_events]
-    train = train[~np.isnan(train)]
-    if train.size == 0:
-        center, scale = 0.0, 1.0
-    else:
-        q25, center, q75 = np.percentile(train, [25, 50, 75])
-        scale = (q75 - q25) / 1.349  # IQR of a normal is 1.349 sigma
-        if not scale > 0:
-            scale = float(np.std(train))
-        if not scale > 0:
-            scale = 1.0
+    center, scale = robust_stats(train[~np.isnan(train)])
+    if values.size:
+        check_scaled_range(name, float(np.nanmin(values)) if not np.isnan(values).all() else np.nan,
+                           float(np.nanmax(values)) if not np.isnan(values).all() else np.nan, center, scale)
     z = ((values - center) / scale).astype(np.float32)
     return z, NumericField(name, float(center), float(scale))
 
@@ -221,8 +259,9 @@ def _infer_task(target: np.ndarray) -> str:
     return "regression"
 
 
-def _prepare_targets(targets: pa.Table, spec: IngestSpec, seq_ids: pa.Array):
-    """-> (row index into seq_ids, target values, task, class_names, dropped count)."""
+def target_columns(targets: pa.Table, spec: IngestSpec, id_type: pa.DataType):
+    """The target table's ids (cast to the events' id type) and values, and which values are
+    missing. -> (target column name, ids, values as numpy (float64, or object for text), missing)."""
     target_col = spec.target_col
     if target_col is None:
         others = [c for c in targets.column_names if c != spec.id_col]
@@ -232,19 +271,40 @@ def _prepare_targets(targets: pa.Table, spec: IngestSpec, seq_ids: pa.Array):
             )
         target_col = others[0]
     _require_columns(targets, [spec.id_col, target_col], "target")
-    tid = targets.column(spec.id_col)
+    sources.check_not_nested(targets.schema, [spec.id_col, target_col], "target")
+    tid = sources.plain(targets.column(spec.id_col))
     if tid.null_count:
         raise DataError(f"target table has {tid.null_count} rows without an id")
     try:
-        tid = pc.cast(tid, seq_ids.type)
+        tid = pc.cast(tid, id_type)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        tid = pc.cast(pc.cast(tid, pa.string()), seq_ids.type) if pa.types.is_string(seq_ids.type) else None
+        tid = pc.cast(pc.cast(tid, pa.string()), id_type) if sources.is_text(id_type) else None
         if tid is None:
             raise DataError(
-                f"target ids ({targets.column(spec.id_col).type}) cannot be matched with event ids ({seq_ids.type})"
+                f"target ids ({targets.column(spec.id_col).type}) cannot be matched with event ids ({id_type})"
             ) from None
     if len(pc.unique(tid)) != len(tid):
         raise DataError(f"target table has duplicate ids in column {spec.id_col!r}; keep one target per id")
+    raw = sources.plain(targets.column(target_col))
+    if sources.is_text(raw.type) or pa.types.is_boolean(raw.type):
+        values = np.asarray(pc.cast(raw, pa.string()).to_pylist(), dtype=object)
+        missing = np.array([v is None or v == "" for v in values], dtype=bool) if len(values) < 10**6 else pd.isna(values)
+    else:
+        values = pc.cast(raw, pa.float64()).to_numpy(zero_copy_only=False)
+        missing = np.isnan(values)
+    return target_col, tid, values, missing
+
+
+def labelled_ids(targets: pa.Table, spec: IngestSpec, id_type: pa.DataType) -> pa.Array:
+    """The ids with a target: a sequence is labelled (and may be drawn into the test split) iff
+    its id is among them."""
+    _, tid, _, missing = target_columns(targets, spec, id_type)
+    return tid.filter(pa.array(~missing)).combine_chunks() if isinstance(tid, pa.ChunkedArray) else tid.filter(pa.array(~missing))
+
+
+def _prepare_targets(targets: pa.Table, spec: IngestSpec, seq_ids: pa.Array):
+    """-> (row index into seq_ids, target values, task, class_names, dropped count)."""
+    target_col, tid, values, missing = target_columns(targets, spec, seq_ids.type)
     pos = pc.index_in(tid, value_set=seq_ids).to_numpy(zero_copy_only=False)
     pos = np.where(np.isnan(pos.astype(np.float64)), -1, pos).astype(np.int64) if pos.dtype.kind == "f" else pos
     matched = pos >= 0
@@ -253,13 +313,6 @@ def _prepare_targets(targets: pa.Table, spec: IngestSpec, seq_ids: pa.Array):
             f"no id of the target table matches a kept sequence id (e.g. target id "
             f"{tid[0].as_py()!r} vs sequence id {seq_ids[0].as_py()!r}); check --id-col and the files"
         )
-    raw = targets.column(target_col)
-    if pa.types.is_string(raw.type) or pa.types.is_boolean(raw.type) or pa.types.is_dictionary(raw.type):
-        values = np.asarray(pc.cast(raw, pa.string()).to_pylist(), dtype=object)
-        missing = np.array([v is None or v == "" for v in values], dtype=bool) if len(values) < 10**6 else pd.isna(values)
-    else:
-        values = pc.cast(raw, pa.float64()).to_numpy(zero_copy_only=False)
-        missing = np.isnan(values)
     keep = matched & ~missing
     task = spec.task or _infer_task(values[keep])
     values, pos = values[keep], pos[keep]
@@ -281,12 +334,13 @@ def _prepare_targets(targets: pa.Table, spec: IngestSpec, seq_ids: pa.Array):
 def prepare(events: pa.Table, spec: IngestSpec, targets: pa.Table | None = None):
     """Encode an event table. Returns (sequences table, targets table or None, schema)."""
     _require_columns(events, [spec.id_col, spec.time_col, *spec.cat_cols, *spec.num_cols], "events")
+    sources.check_not_nested(events.schema, [spec.id_col, spec.time_col, *spec.cat_cols, *spec.num_cols], "events")
     n_events_in = events.num_rows
     # Columns are released as soon as they are converted: with the caller holding no reference to
     # the table, peak memory stays near the table's own size.
     event_cols = {c: events.column(c) for c in (spec.id_col, spec.time_col, *spec.cat_cols, *spec.num_cols)}
     del events
-    ids_col = event_cols.pop(spec.id_col)
+    ids_col = sources.plain(event_cols.pop(spec.id_col))
     if ids_col.null_count:
         raise DataError(f"id column {spec.id_col!r} has {ids_col.null_count} missing values")
     if pa.types.is_floating(ids_col.type):
@@ -296,18 +350,8 @@ def prepare(events: pa.Table, spec: IngestSpec, targets: pa.Table | None = None)
 
     id_codes, uniq_ids = pd.factorize(ids_col.to_numpy(zero_copy_only=False), sort=True)
     del ids_col
-    order = _event_order(id_codes, times)
-    per_id = np.bincount(id_codes, minlength=len(uniq_ids))
-    kept_len = np.minimum(per_id, spec.max_len)
-    long_enough = kept_len >= spec.min_len
-    # rank of each sorted event counted from its sequence's end: 1 for the last event
-    sorted_ids = id_codes[order]
+    sel, per_id, kept_len, long_enough = select_events(id_codes, len(uniq_ids), times, spec)
     del id_codes
-    from_end = np.cumsum(per_id)[sorted_ids] - np.arange(len(order))
-    keep_event = (from_end <= spec.max_len) & long_enough[sorted_ids]
-    del from_end, sorted_ids
-    sel = order[keep_event]
-    del order, keep_event
     if sel.size == 0:
         raise DataError(
             f"no sequence has at least --min-len {spec.min_len} events (longest has {per_id.max()}); lower --min-len"
@@ -338,12 +382,7 @@ def prepare(events: pa.Table, spec: IngestSpec, targets: pa.Table | None = None)
         target_rows = (target_pos, target_values)
     else:
         task, class_names, target_dropped = None, (), 0
-    u_test = _split_uniforms(np.asarray(seq_ids.to_pylist(), dtype=object), spec.seed, "test")
-    u_val = _split_uniforms(np.asarray(seq_ids.to_pylist(), dtype=object), spec.seed, "val")
-    split = np.full(n_seq, "train", dtype=object)
-    is_test = labelled & (u_test < spec.test_fraction)
-    split[is_test] = "test"
-    split[~is_test & (u_val < spec.val_fraction)] = "val"
+    split = assign_splits(seq_ids, labelled, spec)
     train_events = np.repeat(split == "train", lengths)
 
     columns = {
@@ -354,7 +393,7 @@ def prepare(events: pa.Table, spec: IngestSpec, targets: pa.Table | None = None)
     }
     cat_fields, num_fields = [], []
     for c in spec.cat_cols:
-        codes, fld = _fit_categorical(event_cols.pop(c).take(sel_arrow), train_events, c, spec.min_count)
+        codes, fld = _fit_categorical(sources.plain(event_cols.pop(c)).take(sel_arrow), train_events, c, spec.min_count)
         cat_fields.append(fld)
         columns[c] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(codes))
     for c in spec.num_cols:
@@ -403,13 +442,13 @@ def prepare(events: pa.Table, spec: IngestSpec, targets: pa.Table | None = None)
 
 def ingest(events_path, out, spec: IngestSpec, targets_path=None, overwrite: bool = False) -> Schema:
     """Read files, prepare and write atomically. Everything is validated before anything is written."""
-    targets = read_table(targets_path, "target") if targets_path else None
+    targets = read_table(targets_path, "target", text_cols=(spec.id_col,)) if targets_path else None
     if targets is not None and spec.target_col is None:
         others = [c for c in targets.column_names if c != spec.id_col]
         if len(others) == 1:
             spec = replace(spec, target_col=others[0])
     spec = replace(spec, source=str(events_path))
     # The event table is passed without keeping a name for it, so prepare() can free its columns.
-    sequences, target_table, schema = prepare(read_table(events_path, "events"), spec, targets)
-    write_prepared(out, sequences, target_table, schema, overwrite=overwrite)
-    return schema
+    sequences, target_table, schema = prepare(read_table(events_path, "events", text_cols=(spec.id_col,)), spec, targets)
+    written = write_prepared(out, sequences, target_table, schema, overwrite=overwrite)
+    return Schema.load(written)  # with its shard listing
