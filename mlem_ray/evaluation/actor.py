@@ -51,6 +51,16 @@ class Evaluator:
         self.restored_rows = len(self.board)
         # Scores run one at a time; the lock lets info() and rows() answer while a score is running.
         self._scoring = threading.Lock()
+        self._seqs = None
+
+    def _data(self):
+        """The data set, opened (memory-mapped; a URI copied once per node) on the first score and
+        kept: opening reads every sequence's id, split and target, an O(N) cost no trial repeats."""
+        if self._seqs is None:
+            from ..data.prepared import EventSequences
+
+            self._seqs = EventSequences.open(self.data_path)
+        return self._seqs
 
     def _done(self, trial_id: str) -> dict | None:
         """The trial's row, unless it only says the trial errored (a re-run may score it yet)."""
@@ -128,10 +138,9 @@ class Evaluator:
 
     def _score_baseline(self) -> dict:
         """The aggregate features alone, through the same probes as the trials' embeddings."""
-        from ..data.prepared import EventSequences
         from .aggregates import aggregate_features, score_features
 
-        seqs = EventSequences.open(self.data_path)
+        seqs = self._data()
         rows = scoring_rows(seqs, self.sizes["probe_size"], self.sizes["test_size"])  # the trials' rows
         features, names = aggregate_features(seqs, rows)
         scores = score_features(features, seqs, rows, kinds=("tree", "linear"), folds=self.folds, seed=self.seed,
@@ -149,7 +158,7 @@ class Evaluator:
     def _evaluate(self, checkpoint) -> dict:
         from .evaluate import evaluate_checkpoint
 
-        return evaluate_checkpoint(checkpoint, self.data_path, kinds=("tree", "linear"), folds=self.folds,
+        return evaluate_checkpoint(checkpoint, self._data(), kinds=("tree", "linear"), folds=self.folds,
                                    seed=self.seed, robustness=self.robustness, tree_iters=self.tree_iters,
                                    device=self.device, with_aggregates=self.aggregates, **self.sizes)
 
