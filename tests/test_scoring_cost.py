@@ -166,3 +166,16 @@ def test_evaluate_refuses_a_negative_cap(tmp_path, binary, capsys):
 
     code = main(["evaluate", "--data", str(binary.path), "--checkpoint", str(tmp_path / "none"), "--probe-size", "-1"])
     assert code == 2 and "--probe-size must be 0 (no cap)" in capsys.readouterr().err
+
+
+def test_released_pages_read_back_the_same_values(binary):
+    from mlem_ray.evaluation import mapped_pages
+
+    everything = np.arange(binary.num_events)
+    before = binary.take(everything)
+    assert mapped_pages.release(binary.path) > 0  # the data set's files are mapped, and were advised
+    after = binary.take(everything)
+    np.testing.assert_array_equal(after.time, before.time)
+    for a, b in zip(after.cats + after.nums, before.cats + before.nums):
+        np.testing.assert_array_equal(a, b)
+    assert mapped_pages.release(binary.path / "no_such_dir") == 0

@@ -117,6 +117,7 @@ def write_embeddings(encoder, seqs: EventSequences, rows: np.ndarray, max_len: i
     from tqdm.auto import tqdm
 
     from .. import storage
+    from . import mapped_pages
 
     rows = np.asarray(rows, dtype=np.int64)
     remote = storage.is_uri(out)
@@ -139,6 +140,8 @@ def write_embeddings(encoder, seqs: EventSequences, rows: np.ndarray, max_len: i
                 if writer is None:
                     writer = pq.ParquetWriter(str(tmp), table.schema)
                 writer.write_table(table, row_group_size=max(len(part), 1))
+                # The chunk's events were read once: their mapped pages need not stay resident.
+                mapped_pages.release(seqs.path)
                 bar.update(len(part))
         writer.close()
         writer = None
