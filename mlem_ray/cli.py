@@ -138,11 +138,15 @@ def _evaluate(args) -> int:
 
     from .evaluation.evaluate import evaluate_checkpoint
 
+    from .evaluation.subsets import check_sizes
+
     if args.folds < 2:
         raise UsageError(f"--folds must be at least 2 (cross-validation), got {args.folds}")
+    sizes = dict(probe_size=args.probe_size, test_size=args.test_size, quality_size=args.quality_size)
+    check_sizes(**sizes)
     _check_data_dir(args.data)
     result = evaluate_checkpoint(args.checkpoint, args.data, folds=args.folds, seed=args.seed,
-                                 robustness=args.robustness, progress=True)
+                                 robustness=args.robustness, progress=True, **sizes)
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True))
     else:
@@ -153,28 +157,38 @@ def _evaluate(args) -> int:
 
 
 def _embed(args) -> int:
-    import io
-
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from . import storage
     from .data.prepared import EventSequences
-    from .evaluation.embed import embed_rows, embedding_table
+    from .evaluation.embed import write_embeddings
     from .training.checkpoint import load_encoder
 
     _check_data_dir(args.data)
+    if args.address:
+        return _embed_cluster(args)
+    if args.workers != 1 or args.gpus_per_worker:
+        raise UsageError("--workers and --gpus-per-worker need --address (a Ray cluster); without it embed runs "
+                         "in this process")
     if not str(args.out).endswith(".parquet"):
         raise UsageError(f"--out must end in .parquet, got {args.out}")
     seqs = EventSequences.open(args.data)
     encoder, ckpt = load_encoder(args.checkpoint, seqs.schema)
     rows = seqs.indices(*args.split) if args.split else seqs.indices()
-    emb = embed_rows(encoder, seqs, rows, ckpt.state["trainer"].get("max_len", seqs.schema.max_len), progress=True)
-    table = embedding_table(seqs, rows, emb, wide=args.wide)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.write_bytes(args.out, buf.getvalue())  # whole or not at all, locally and in a bucket
-    print(f"wrote {args.out}: {len(rows)} sequences x {emb.shape[1]} dims (finite: {bool(np.isfinite(emb).all())})")
+    dims, finite = write_embeddings(encoder, seqs, rows, ckpt.state["trainer"].get("max_len", seqs.schema.max_len), args.out,
+                            wide=args.wide, progress=True)
+    print(f"wrote {args.out}: {len(rows)} sequences x {dims} dims (finite: {finite})")
+    return 0
+
+
+def _embed_cluster(args) -> int:
+    """Ray Data over an actor pool: Parquet shards into the directory or URI --out."""
+    from .evaluation.embed_cluster import embed_dataset
+
+    if args.workers < 1 or args.gpus_per_worker < 0:
+        raise UsageError("--workers must be >= 1 and --gpus-per-worker >= 0")
+    if str(args.out).endswith(".parquet"):
+        raise UsageError(f"with --address, --out is a directory (or URI) for Parquet shards, not a file: {args.out}")
+    n, dims = embed_dataset(args.data, args.checkpoint, args.out, address=args.address, workers=args.workers,
+                            gpus_per_worker=args.gpus_per_worker, splits=tuple(args.split or ()), wide=args.wide)
+    print(f"wrote {args.out}: {n} sequences x {dims} dims in Parquet shards")
     return 0
 
 
@@ -289,6 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--folds", type=int, default=5, help="CV folds on the labelled training ids (default %(default)s)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--robustness", action="store_true", help="also re-score with 10/30/50/70%% of events dropped")
+    from .evaluation.subsets import DEFAULT_PROBE_SIZE, DEFAULT_QUALITY_SIZE, DEFAULT_TEST_SIZE
+
+    q.add_argument("--probe-size", type=int, default=DEFAULT_PROBE_SIZE,
+                   help="the probes cross-validate on at most this many labelled training-pool sequences, a seeded "
+                        "stratified subset (0: all; default %(default)s)")
+    q.add_argument("--test-size", type=int, default=DEFAULT_TEST_SIZE,
+                   help="score the probes on at most this many test sequences, a seeded stratified subset "
+                        "(0: all; default %(default)s)")
+    q.add_argument("--quality-size", type=int, default=DEFAULT_QUALITY_SIZE,
+                   help="anisotropy and intrinsic dimension on at most this many sequences of any split "
+                        "(0: all; default %(default)s)")
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_evaluate)
 
@@ -296,10 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", required=True, help="prepared data set directory or URI")
     q.add_argument("--checkpoint", required=True, help="checkpoint directory or URI")
     q.add_argument("--out", required=True, help="output .parquet, a path or URI: id, split, target (if any), "
-                                                "embedding (fixed_size_list<float32>[H])")
+                                                "embedding (fixed_size_list<float32>[H]); with --address a directory "
+                                                "or URI of Parquet shards")
     q.add_argument("--wide", action="store_true", help="one float32 column per dimension (e0..eH-1) instead of the "
                                                        "embedding list column")
     q.add_argument("--split", action="append", choices=["train", "val", "test"], help="only these splits (repeatable)")
+    q.add_argument("--address", help="Ray cluster to embed on (auto or ray://...): Ray Data over an actor pool writes "
+                                     "Parquet shards into --out, a directory or URI (default: this process, one file)")
+    q.add_argument("--workers", type=int, default=1, help="with --address: embedding actors (default %(default)s)")
+    q.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="with --address: GPUs per embedding actor (default %(default)s: CPU)")
     q.set_defaults(func=_embed)
 
     q = sub.add_parser("sweep", help="the main job: Ray Tune + Optuna sweep (by default the two-stage MLEM pipeline)",

@@ -25,17 +25,23 @@ import time
 
 from .. import storage
 from . import leaderboard
+from .subsets import DEFAULT_PROBE_SIZE, DEFAULT_QUALITY_SIZE, DEFAULT_TEST_SIZE, scoring_rows
 
 
 class Evaluator:
     """The actor's body (plain class, so it is testable without Ray)."""
 
     def __init__(self, sweep_dir, data_path, folds: int = 5, seed: int = 0, tree_iters: int = 300,
-                 robustness: bool = False, threads: int = 1, device: str = "cpu", aggregates: bool = True):
+                 robustness: bool = False, threads: int = 0, device: str = "cpu", aggregates: bool = True,
+                 probe_size: int = DEFAULT_PROBE_SIZE, test_size: int = DEFAULT_TEST_SIZE,
+                 quality_size: int = DEFAULT_QUALITY_SIZE):
         self.sweep_dir = str(sweep_dir)  # a path or an object-store URI (storage.py)
         self.data_path = str(data_path)
         self.folds, self.seed, self.tree_iters, self.robustness = folds, seed, tree_iters, robustness
+        # threads 0: as many as the CPUs Ray reserved for this actor (at least 1).
         self.threads, self.device = threads, device
+        # The rows every score and the baseline use (evaluation/subsets.py): the same for all trials.
+        self.sizes = dict(probe_size=probe_size, test_size=test_size, quality_size=quality_size)
         # The aggregate-features baseline: scored once per sweep (one data set), and every trial's
         # embedding is also scored concatenated with it (tree probe, `with_aggregates_*` columns).
         self.aggregates = aggregates
@@ -44,6 +50,16 @@ class Evaluator:
         self.restored_rows = len(self.board)
         # Scores run one at a time; the lock lets info() and rows() answer while a score is running.
         self._scoring = threading.Lock()
+        self._seqs = None
+
+    def _data(self):
+        """The data set, opened (memory-mapped; a URI copied once per node) on the first score and
+        kept: opening reads every sequence's id, split and target, an O(N) cost no trial repeats."""
+        if self._seqs is None:
+            from ..data.prepared import EventSequences
+
+            self._seqs = EventSequences.open(self.data_path)
+        return self._seqs
 
     def _done(self, trial_id: str) -> dict | None:
         """The trial's row, unless it only says the trial errored (a re-run may score it yet)."""
@@ -92,7 +108,7 @@ class Evaluator:
         from threadpoolctl import threadpool_limits
 
         try:
-            with threadpool_limits(self.threads):
+            with threadpool_limits(self.threads or cpu_share()):
                 result = self._evaluate(checkpoint)
                 if self.aggregates and self.baseline is None:
                     self.baseline = self._score_baseline()
@@ -121,11 +137,10 @@ class Evaluator:
 
     def _score_baseline(self) -> dict:
         """The aggregate features alone, through the same probes as the trials' embeddings."""
-        from ..data.prepared import EventSequences
         from .aggregates import aggregate_features, score_features
 
-        seqs = EventSequences.open(self.data_path)
-        rows = seqs.labelled()
+        seqs = self._data()
+        rows = scoring_rows(seqs, self.sizes["probe_size"], self.sizes["test_size"])  # the trials' rows
         features, names = aggregate_features(seqs, rows)
         scores = score_features(features, seqs, rows, kinds=("tree", "linear"), folds=self.folds, seed=self.seed,
                                 tree_iters=self.tree_iters)
@@ -142,9 +157,9 @@ class Evaluator:
     def _evaluate(self, checkpoint) -> dict:
         from .evaluate import evaluate_checkpoint
 
-        return evaluate_checkpoint(checkpoint, self.data_path, kinds=("tree", "linear"), folds=self.folds,
+        return evaluate_checkpoint(checkpoint, self._data(), kinds=("tree", "linear"), folds=self.folds,
                                    seed=self.seed, robustness=self.robustness, tree_iters=self.tree_iters,
-                                   device=self.device, with_aggregates=self.aggregates)
+                                   device=self.device, with_aggregates=self.aggregates, **self.sizes)
 
     def _tensorboard(self, row: dict, params: dict, trial_dir: str) -> None:
         """The trial's HParams session (swept values, in-trial and downstream metrics) beside its
@@ -169,6 +184,19 @@ class Evaluator:
 
     def info(self) -> dict:
         return {"pid": os.getpid(), "rows": len(self.board), "restored_rows": self.restored_rows}
+
+
+def cpu_share() -> int:
+    """Whole CPUs Ray reserved for the calling actor or task (1 outside Ray or with a fractional
+    or zero share): the probes' thread count, so scoring never takes CPUs that trials hold."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return 1
+        return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0)))
+    except Exception:  # noqa: BLE001 (no runtime context: not inside Ray)
+        return 1
 
 
 @contextlib.contextmanager

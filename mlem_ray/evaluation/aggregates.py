@@ -22,9 +22,34 @@ from .probes import probe
 NUMERIC_STATS = ("mean", "std", "min", "max", "sum")
 
 
-def aggregate_features(seqs: EventSequences, rows=None) -> tuple[np.ndarray, list[str]]:
-    """-> ((len(rows), F) float64 features, their F names) for the sequences ``rows`` (all when None)."""
+# Sequences whose features are computed at once: the per-event work arrays (about 60 bytes an
+# event) and the per-code counts (8 bytes x codes a sequence) stay a few hundred MB at most,
+# whatever the number of rows asked for.
+CHUNK_SEQUENCES = 8_192
+
+
+def feature_names(seqs: EventSequences) -> list[str]:
+    """The F names of aggregate_features' columns, in order."""
+    names = ["length", "time_span"]
+    for field in seqs.schema.numeric:
+        names += [f"{field.name}_{stat}" for stat in NUMERIC_STATS]
+    for field in seqs.schema.categorical:
+        names += [f"{field.name}=<unseen>"] + [f"{field.name}={v}" for v in field.vocabulary]
+    return names
+
+
+def aggregate_features(seqs: EventSequences, rows=None, chunk: int = CHUNK_SEQUENCES) -> tuple[np.ndarray, list[str]]:
+    """-> ((len(rows), F) float64 features, their F names) for the sequences ``rows`` (all when
+    None), computed `chunk` sequences at a time (the result is the same for any chunk size)."""
     rows = seqs.indices() if rows is None else np.asarray(rows, dtype=np.int64)
+    names = feature_names(seqs)
+    out = np.empty((len(rows), len(names)), dtype=np.float64)
+    for i in range(0, len(rows), max(1, chunk)):
+        out[i : i + chunk] = _aggregate_chunk(seqs, rows[i : i + chunk])
+    return out, names
+
+
+def _aggregate_chunk(seqs: EventSequences, rows: np.ndarray) -> np.ndarray:
     lengths = seqs.lengths[rows]
     n = len(rows)
     # Flat positions of the chosen sequences' events and, per event, its output row (segment id).
@@ -33,13 +58,13 @@ def aggregate_features(seqs: EventSequences, rows=None) -> tuple[np.ndarray, lis
     events = starts + np.arange(len(seg))
     nonempty = lengths > 0
 
-    columns, names = [lengths.astype(np.float64)], ["length"]
+    columns = [lengths.astype(np.float64)]
     values = seqs.take(events)
     times = values.time
     span = np.zeros(n)
-    span[nonempty] = _segment_reduce(np.fmax, times, lengths) - _segment_reduce(np.fmin, times, lengths)
+    if nonempty.any():
+        span[nonempty] = _segment_reduce(np.fmax, times, lengths) - _segment_reduce(np.fmin, times, lengths)
     columns.append(span)
-    names.append("time_span")
 
     for field, stored in zip(seqs.schema.numeric, values.nums):
         x = stored.astype(np.float64) * field.scale + field.center
@@ -52,19 +77,18 @@ def aggregate_features(seqs: EventSequences, rows=None) -> tuple[np.ndarray, lis
         dev = np.where(valid, x - mean[seg], 0.0)
         std = np.sqrt(np.divide(np.bincount(seg, weights=dev * dev, minlength=n), count, out=np.zeros(n), where=has))
         lo, hi = np.zeros(n), np.zeros(n)
-        lo[nonempty] = _segment_reduce(np.fmin, np.where(valid, x, np.inf), lengths)
-        hi[nonempty] = _segment_reduce(np.fmax, np.where(valid, x, -np.inf), lengths)
+        if nonempty.any():
+            lo[nonempty] = _segment_reduce(np.fmin, np.where(valid, x, np.inf), lengths)
+            hi[nonempty] = _segment_reduce(np.fmax, np.where(valid, x, -np.inf), lengths)
         lo[~has], hi[~has] = 0.0, 0.0
         columns += [mean, std, lo, hi, total]
-        names += [f"{field.name}_{stat}" for stat in NUMERIC_STATS]
 
     for field, codes in zip(seqs.schema.categorical, values.cats):
         k = field.num_codes
         counts = np.bincount(seg * k + codes.astype(np.int64), minlength=n * k).reshape(n, k)
         share = counts[:, UNSEEN_CODE:] / np.maximum(lengths, 1)[:, None]
         columns += list(share.T)
-        names += [f"{field.name}=<unseen>"] + [f"{field.name}={v}" for v in field.vocabulary]
-    return np.column_stack(columns), names
+    return np.column_stack(columns)
 
 
 def _segment_reduce(ufunc, values: np.ndarray, lengths: np.ndarray) -> np.ndarray:

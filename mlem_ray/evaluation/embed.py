@@ -59,3 +59,66 @@ def embedding_table(seqs: EventSequences, rows: np.ndarray, emb: np.ndarray, wid
     else:
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
     return pa.table(columns)
+
+
+# Sequences embedded and written per Parquet row group by `write_embeddings`: the embeddings in
+# memory at once are CHUNK x H float32 (64 MiB at H = 256), whatever the number of sequences.
+WRITE_CHUNK = 65_536
+
+
+def write_embeddings(encoder, seqs: EventSequences, rows: np.ndarray, max_len: int, out, wide: bool = False,
+                     chunk: int = WRITE_CHUNK, device="cpu", progress: bool = False, batch_size: int = 256) -> tuple[int, bool]:
+    """Embed `rows` `chunk` sequences at a time into one Parquet file `out` (a path or a URI),
+    one row group a chunk, in the layout of `embedding_table`; -> (the embedding size H, whether
+    every value is finite).
+
+    Readers never see half a file: it is written to a temp sibling (or, for a URI, a local temp
+    file uploaded once complete) and renamed into place."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    from .. import storage
+    from . import mapped_pages
+
+    rows = np.asarray(rows, dtype=np.int64)
+    remote = storage.is_uri(out)
+    if remote:
+        handle, tmp = tempfile.mkstemp(prefix="mlem_ray_embed_", suffix=".parquet")
+        os.close(handle)
+        tmp = Path(tmp)
+    else:
+        target = Path(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    writer, finite = None, True
+    try:
+        with tqdm(total=len(rows), desc="embedding", unit="seq", disable=None if progress else True) as bar:
+            for i in range(0, max(len(rows), 1), max(1, chunk)):
+                part = rows[i : i + chunk]
+                emb = embed_rows(encoder, seqs, part, max_len, batch_size=batch_size, device=device)
+                finite = finite and bool(np.isfinite(emb).all())
+                table = embedding_table(seqs, part, emb, wide=wide)
+                if writer is None:
+                    writer = pq.ParquetWriter(str(tmp), table.schema)
+                writer.write_table(table, row_group_size=max(len(part), 1))
+                # The chunk's events were read once: their mapped pages need not stay resident.
+                mapped_pages.release(seqs.path)
+                bar.update(len(part))
+        writer.close()
+        writer = None
+        if remote:
+            fs, path = storage.resolve(out)
+            import pyarrow.fs as pafs
+
+            pafs.copy_files(str(tmp), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return int(encoder.out_dim), finite

@@ -30,6 +30,9 @@ from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 TASKS = ("binary", "multiclass", "regression")
 KINDS = ("tree", "linear")
 MIN_TRAIN_ROWS = 4
+# Rows a fitted probe predicts at once: its working memory (HGB's binned copy, predict_proba's
+# output) stays bounded however many test rows are scored.
+PREDICT_CHUNK = 16_384
 
 # Metric names per task, and whether lower is better ("min") or higher ("max").
 _METRICS = {
@@ -196,17 +199,22 @@ def _fit(x, y, task, kind, seed, tree_iters) -> Pipeline:
     return model
 
 
+def _chunked(predict, x) -> np.ndarray:
+    """predict(x) in chunks of PREDICT_CHUNK rows."""
+    return np.concatenate([predict(x[i : i + PREDICT_CHUNK]) for i in range(0, len(x), PREDICT_CHUNK)])
+
+
 def _score(model, x, y, task) -> dict:
     """Metrics of a fitted probe on (x, y); undefined ones (one-class AUC, flat-y R^2) are NaN."""
     if task == "binary":
         if len(np.unique(y)) < 2:
             return {"roc_auc": float("nan")}
         # Positive class = the larger label (column 1 of predict_proba; the pool has both classes).
-        score = model.predict_proba(x)[:, 1]
+        score = _chunked(lambda part: model.predict_proba(part)[:, 1], x)
         return {"roc_auc": float(roc_auc_score(y == model.classes_[1], score))}
     if task == "multiclass":
-        return {"accuracy": float(accuracy_score(y, model.predict(x)))}
-    pred = model.predict(x)
+        return {"accuracy": float(accuracy_score(y, _chunked(model.predict, x)))}
+    pred = _chunked(model.predict, x)
     mse = float(np.mean((y - pred) ** 2))
     var = float(np.var(y))
     return {"mse": mse, "r2": 1.0 - mse / var if var > 0 else float("nan")}

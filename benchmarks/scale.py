@@ -1,0 +1,194 @@
+"""What a trial, a scoring and a sweep cost as the data set grows: the standard table at 20k, 200k
+and 1M sequences (about 100 events each), measured side by side in one run.
+
+    python benchmarks/scale.py [--sizes 20000,200000,1000000] [--sweep-sizes 20000,200000]
+                               [--parts epoch,evaluate,embed,baseline,score,sweep] [--skip-sweep]
+                               [--scale-dir /work/scale] [--work DIR]
+
+Each size reads the prepared data set `<scale-dir>/prepared_<n>` (make it with `mlem-ray data ingest`
+from `../shared/bench/make_synthetic_events.py --mean-events 100 --seed 0` tables; see
+benchmarks/ingest_scale.py). Per size, each in its own process:
+- epoch: `mlem-ray pretrain --method coles --epochs 1 --set model.hidden=64
+  --set train.steps_per_epoch=20`: the epoch's own time (metrics.jsonl `epoch_seconds`, validation
+  included) and the process's wall time;
+- evaluate: `mlem-ray evaluate` of that checkpoint with the default caps: wall time and peak RSS;
+- embed: `mlem-ray embed --out FILE` of every sequence: wall time and peak RSS;
+- baseline: the evaluation actor's aggregates baseline (once per sweep), one thread;
+- score: one trial's scoring in the sweep's evaluation actor (`Evaluator.score` called directly on
+  the checkpoint, the baseline already scored), one thread as on a small machine;
+- sweep: a default `mlem-ray sweep --data <set>` (the quick space) wall time, at --sweep-sizes only.
+Ratios are to the smallest size measured. Targets (issue 20): epoch at 200k and 1M within 1.5x of
+20k, evaluate within 3x, the 200k sweep within 2x of the 20k sweep; peak RSS of evaluate and embed
+under 2 GB at 1M. Peak RSS is the child's ru_maxrss (os.wait4): resident pages, file-backed
+(memory-mapped data set pages touched) included.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("epoch", "evaluate", "embed", "baseline", "score", "sweep")
+MLEM = [sys.executable, "-m", "mlem_ray"]
+
+# One trial's scoring in the evaluation actor's body, one thread (the actor's share on a machine
+# under 4 CPUs). "baseline": the aggregates baseline alone (once per sweep; baseline.json);
+# "score": one trial, the baseline already in baseline.json (scored first if it is not).
+SCORE_SNIPPET = """
+import json, sys, time
+from mlem_ray.evaluation.actor import Evaluator
+mode, sweep, data, ckpt = sys.argv[1:5]
+ev = Evaluator(sweep, data, threads=1)
+out = {}
+if mode == "baseline":
+    from threadpoolctl import threadpool_limits
+    t0 = time.perf_counter()
+    with threadpool_limits(1):
+        base = ev._score_baseline()
+    out["seconds"], out["n_train"], out["n_test"] = time.perf_counter() - t0, base["n_train"], base["n_test"]
+else:
+    if ev.baseline is None:
+        ev.score("warm-up", "bench", "coles", ckpt, {}, {})
+    t0 = time.perf_counter()
+    row = ev.score("trial", "bench", "coles", ckpt, {}, {})
+    out["seconds"], out["status"] = time.perf_counter() - t0, row["status"] + " " + str(row.get("error", ""))
+    out["n_train"], out["n_test"] = row.get("n_train"), row.get("n_test")
+print("RESULT " + json.dumps(out))
+"""
+
+
+def measure(cmd: list[str], timeout: float, log: Path) -> dict:
+    """Run `cmd` -> {wall_s, rss_gb, rc, stdout}: its own peak RSS from os.wait4 on its pid
+    (RUSAGE_CHILDREN would be the running maximum over every child so far)."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out_path = log.with_suffix(".stdout")
+    t0 = time.perf_counter()
+    with open(log, "w") as err, open(out_path, "w") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True, cwd=ROOT)
+        deadline = t0 + timeout
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                p.kill()
+                os.wait4(p.pid, 0)
+                return {"wall_s": float("nan"), "rss_gb": float("nan"), "rc": "timeout", "stdout": ""}
+            time.sleep(0.05)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return {"wall_s": time.perf_counter() - t0, "rss_gb": usage.ru_maxrss / 2**20, "rc": p.returncode,
+            "stdout": out_path.read_text()}
+
+
+def bench_size(n: int, data: Path, work: Path, parts: set[str], sweep: bool, timeout: float) -> dict:
+    res: dict = {"n": n}
+    run_dir = work / f"run_{n}"
+    ckpt = run_dir / "best"
+    if "epoch" in parts or not ckpt.exists():
+        r = measure(MLEM + ["pretrain", "--data", str(data), "--method", "coles", "--epochs", "1",
+                            "--set", "model.hidden=64", "--set", "train.steps_per_epoch=20", "--out", str(run_dir),
+                            "--overwrite"], timeout, work / f"pretrain_{n}.log")
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+        res["epoch_s"] = json.loads(lines[-1])["epoch_seconds"] if lines and r["rc"] == 0 else float("nan")
+        res["pretrain_wall_s"] = r["wall_s"]
+    if "evaluate" in parts:
+        r = measure(MLEM + ["evaluate", "--data", str(data), "--checkpoint", str(ckpt), "--json"], timeout,
+                    work / f"evaluate_{n}.log")
+        res["evaluate_s"], res["evaluate_rss_gb"] = (r["wall_s"], r["rss_gb"]) if r["rc"] == 0 else (float("nan"),) * 2
+        if r["rc"] == 0:
+            out = json.loads(r["stdout"][r["stdout"].index("{"):])
+            res["evaluate_n_train"], res["evaluate_n_test"] = out.get("n_train"), out.get("n_test")
+    if "embed" in parts:
+        target = work / f"embed_{n}.parquet"
+        r = measure(MLEM + ["embed", "--data", str(data), "--checkpoint", str(ckpt), "--out", str(target)], timeout,
+                    work / f"embed_{n}.log")
+        res["embed_s"], res["embed_rss_gb"] = (r["wall_s"], r["rss_gb"]) if r["rc"] == 0 else (float("nan"),) * 2
+        target.unlink(missing_ok=True)
+    for part in ("baseline", "score"):
+        if part not in parts:
+            continue
+        sweep_dir = work / f"score_{n}"
+        sweep_dir.mkdir(exist_ok=True)
+        (sweep_dir / "leaderboard.parquet").unlink(missing_ok=True)  # each run scores its trial afresh
+        if part == "baseline":
+            (sweep_dir / "baseline.json").unlink(missing_ok=True)
+        r = measure([sys.executable, "-c", SCORE_SNIPPET, part, str(sweep_dir), str(data), str(ckpt)], timeout,
+                    work / f"{part}_{n}.log")
+        line = [x for x in r["stdout"].splitlines() if x.startswith("RESULT ")]
+        got = json.loads(line[0][len("RESULT "):]) if line else {}
+        res[f"{part}_s"], res[f"{part}_rss_gb"] = got.get("seconds", float("nan")), r["rss_gb"]
+        res[f"{part}_rows"] = [got.get("n_train"), got.get("n_test")]
+        if got.get("status", "ok").split()[0] != "ok":
+            res[f"{part}_error"] = got["status"]
+    if sweep:
+        sweep_dir = work / f"sweep_{n}"
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        r = measure(MLEM + ["sweep", "--data", str(data), "--out", str(sweep_dir)], timeout, work / f"sweep_{n}.log")
+        res["sweep_s"] = r["wall_s"] if r["rc"] == 0 else float("nan")
+    return res
+
+
+COLUMNS = [("epoch_s", "epoch s"), ("evaluate_s", "evaluate s"), ("evaluate_rss_gb", "evaluate GB"),
+           ("embed_s", "embed s"), ("embed_rss_gb", "embed GB"), ("baseline_s", "baseline s"),
+           ("score_s", "trial score s"), ("sweep_s", "sweep s")]
+
+
+def table(rows: list[dict]) -> str:
+    cols = [(k, h) for k, h in COLUMNS if any(k in r for r in rows)]
+    base = rows[0]
+    lines = ["| sequences | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for r in rows:
+        cells = []
+        for k, _ in cols:
+            v = r.get(k)
+            if v is None:
+                cells.append("")
+                continue
+            ratio = "" if r is base or not base.get(k) or k.endswith("_gb") else f" ({v / base[k]:.2f}x)"
+            cells.append(f"{v:.2f}{ratio}")
+        lines.append(f"| {r['n']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="20000,200000,1000000")
+    ap.add_argument("--sweep-sizes", default="20000,200000")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {','.join(PARTS)}")
+    ap.add_argument("--skip-sweep", action="store_true")
+    ap.add_argument("--scale-dir", default="/work/scale")
+    ap.add_argument("--work", help="scratch directory (default: a new temp dir, removed at the end)")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per command")
+    args = ap.parse_args()
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if args.skip_sweep:
+        parts.discard("sweep")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    sweep_sizes = {int(s) for s in args.sweep_sizes.split(",")} if "sweep" in parts else set()
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="mlem_scale_"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in sizes:
+        data = Path(args.scale_dir) / f"prepared_{n}"
+        if not (data / "schema.json").exists():
+            print(f"skipping {n}: {data} is not a prepared data set", flush=True)
+            continue
+        row = bench_size(n, data, work, parts, n in sweep_sizes, args.timeout)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    if rows:
+        print(table(rows))
+    print(f"logs in {work}" if args.work else "", end="")
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
