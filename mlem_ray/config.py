@@ -272,18 +272,23 @@ def _coerce(key: str, hint, value):
             return value
         raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
     if base is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
+        if not math.isfinite(value) or float(value) != int(value):
+            raise ConfigError(f"config key {key!r} must be a finite integer, got {value!r}")
         return int(value)
     if base is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"config key {key!r} must be a number, got {value!r}") from None
-        if not math.isfinite(float(value)):
+        # Text too ("nan", "inf", "1e400" from --set or a quoted YAML value) is converted first
+        # and then checked: every way in meets the same finiteness check.
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"config key {key!r} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
             raise ConfigError(f"config key {key!r} must be finite, got {value!r}")
-        return float(value)
+        return number
     if base is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"config key {key!r} must be text, got {value!r}")

@@ -257,6 +257,11 @@ def _read_shard(path: Path, name: str, entry: dict | None, schema: Schema) -> pa
     if entry is not None and (table.num_rows != entry.get("sequences")):
         raise DataError(f"{file} holds {table.num_rows} sequences where schema.json lists {entry.get('sequences')}: "
                         "it belongs to another data set or was cut short; re-run `mlem-ray data` to prepare it")
+    if entry is not None and "events" in entry:
+        events = int(pc.sum(table.column("length")).as_py() or 0) if table.num_rows else 0
+        if events != entry["events"]:
+            raise DataError(f"{file} holds {events} events where schema.json lists {entry['events']}: "
+                            "it belongs to another data set; re-run `mlem-ray data` to prepare it")
     return table
 
 
@@ -357,8 +362,9 @@ class EventSequences:
                 recorded = [pc.max(pc.list_flatten(t.column(f.name))).as_py() if t.num_rows else -1 for t in tables]
             top = max([m for m in recorded if m is not None] or [-1])
             if top >= f.num_codes:
-                raise DataError(f"{self.path}: field {f.name!r} stores code {top} but schema.json's vocabulary "
-                                f"has only {f.num_codes} codes: schema.json does not belong to these sequences; "
+                raise DataError(f"{self.path / 'schema.json'}: field {f.name!r} has {f.num_codes} codes in its "
+                                f"vocabulary but the sequences store code {top}: "
+                                "schema.json does not belong to these sequences; "
                                 "re-run `mlem-ray data` to prepare it")
 
     def __len__(self) -> int:

@@ -99,18 +99,35 @@ class Schema:
             CategoricalField(str(c["name"]), tuple(str(v) for v in c["vocabulary"])) for c in d["categorical"]
         )
         d["numeric"] = tuple(NumericField(str(n["name"]), float(n["center"]), float(n["scale"])) for n in d["numeric"])
-        d["class_names"] = tuple(d.get("class_names") or ())
+        if not isinstance(d.get("class_names") or [], list):
+            raise TypeError("'class_names' must be a list")
+        d["class_names"] = tuple(str(c) for c in d.get("class_names") or ())
         d["shards"] = tuple(dict(s) for s in d.get("shards") or ())
         for s in d["shards"]:
-            if not isinstance(s.get("name"), str) or not isinstance(s.get("sequences"), int):
+            if not isinstance(s.get("name"), str) or not _is_count(s.get("sequences")):
                 raise ValueError("a shard entry needs a name and a sequence count")
+            if "events" in s and not _is_count(s["events"]):
+                raise ValueError(f"shard {s['name']!r}: 'events' must be a count")
+            code_max = s.get("code_max", {})
+            if not isinstance(code_max, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                         for v in code_max.values()):
+                raise ValueError(f"shard {s['name']!r}: 'code_max' must map fields to integer codes")
+        if d.get("task") is not None and d["task"] not in TASKS:
+            raise ValueError(f"unknown task {d['task']!r} (tasks: {', '.join(TASKS)})")
+        for key in ("target_col",):
+            if d.get(key) is not None and not isinstance(d[key], str):
+                raise TypeError(f"{key!r} must be text")
+        if not isinstance(d.get("counts", {}), dict):
+            raise TypeError("'counts' must be an object")
+        if not isinstance(d.get("source", ""), str):
+            raise TypeError("'source' must be text")
         for key in ("id_col", "time_col", "time_unit"):
             if not isinstance(d[key], str):
                 raise TypeError(f"{key!r} must be text")
         if d["time_unit"] not in TIME_UNITS:
             raise ValueError(f"unknown time_unit {d['time_unit']!r}")
         for key in ("max_len", "min_len", "seed"):
-            if key in d and not isinstance(d[key], int):
+            if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool)):
                 raise TypeError(f"{key!r} must be an integer")
         return cls(**d)
 
@@ -129,3 +146,7 @@ class Schema:
             raise DataError(f"{path} lacks the key {e}; it was not written by `mlem-ray data`, re-run it") from None
         except (TypeError, ValueError, AttributeError) as e:
             raise DataError(f"{path} is malformed ({str(e)[:120]}); re-run `mlem-ray data` to prepare it") from None
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
