@@ -686,7 +686,9 @@ def stream_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwri
                   sample_cap: int = SAMPLE_CAP, progress=None, workers: int | None = None) -> Schema:
     """The three passes on this machine, in `workers` processes (default: up to 2); `out` a
     directory (or a URI: written locally, then uploaded by `publish`). Nothing in `out` changes
-    until the data set is complete."""
+    until the data set is complete. The worker processes are spawned, so a script calling this
+    with workers > 1 (the default on a table of 4M events or more) keeps its own top-level code
+    under ``if __name__ == "__main__":``."""
     say = progress or (lambda msg: None)
     targets, spec = read_targets(targets_path, spec)
     spec = replace(spec, source=str(events_path))
