@@ -56,7 +56,8 @@ def cluster_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwr
         spill = f"{str(out).rstrip('/')}.spill-{token}"
     else:
         spill = str(streaming.make_spill_dir(streaming.spill_root(out)))
-    storage.makedirs(spill)
+    if not storage.is_uri(spill):
+        storage.makedirs(spill)  # object stores need no directories
     if storage.is_uri(out):
         streaming.check_out_uri(out, overwrite)
 
