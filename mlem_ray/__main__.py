@@ -1,3 +1,4 @@
 from .cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # guarded: ingest's worker processes (spawned) import this module again
+    raise SystemExit(main())

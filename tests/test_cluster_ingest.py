@@ -78,7 +78,7 @@ def test_uris_in_and_out_on_s3_with_and_without_ray(s3, ray_local, table, tmp_pa
                    tmp_dir=f"s3://{BUCKET}/tmp", n_buckets=4)
     storage.download(f"s3://{BUCKET}/by-ray", tmp_path / "by-ray")
     assert_same_content(table / "single", tmp_path / "by-ray")
-    assert storage.listdir(f"s3://{BUCKET}/tmp") == []  # spill files removed
+    assert storage._listing(f"s3://{BUCKET}/tmp") == []  # no spill file left
 
     # the CLI, one process: s3:// stays a URI (it was folded into s3:/ by Path)
     args = ["data", "ingest", "--events", f"s3://{BUCKET}/events/*.parquet", "--targets",

@@ -56,7 +56,8 @@ def cluster_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwr
         spill = f"{str(out).rstrip('/')}.spill-{token}"
     else:
         spill = str(streaming.make_spill_dir(streaming.spill_root(out)))
-    storage.makedirs(spill)
+    if not storage.is_uri(spill):
+        storage.makedirs(spill)  # object stores need no directories
     if storage.is_uri(out):
         streaming.check_out_uri(out, overwrite)
 
@@ -71,7 +72,11 @@ def cluster_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwr
                 shared[id(x)] = ray.put(x)
             return shared[id(x)]
 
-        return ray.get([task.remote(*[ref(a) for a in args]) for args in calls])
+        refs = [task.remote(*[ref(a) for a in args]) for args in calls]
+        for i in range(len(refs)):  # in call order, each let go of once handed out
+            result = ray.get(refs[i])
+            refs[i] = None
+            yield result
 
     units = streaming.work_units(files, 2 * cpus)
     say(f"pass 2: {len(units)} unit(s) of {len(files)} file(s) as Ray tasks, about {events:,} events -> "

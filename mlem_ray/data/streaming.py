@@ -415,7 +415,10 @@ class Fitted:
     sampled: dict = field(default_factory=dict)  # numeric field -> (sample size, training values) where sampled
 
 
-def fit(summaries: list[BucketSummary], spec: IngestSpec, value_types: list, sample_cap: int = SAMPLE_CAP) -> Fitted:
+def fit(summaries: list[BucketSummary], spec: IngestSpec, value_types: list, sample_cap: int = SAMPLE_CAP,
+        samples: list | None = None) -> Fitted:
+    """Vocabularies and statistics from the buckets' summaries; `samples`: each numeric field's
+    SampleMerger when the caller folded the buckets' values in already (else from the summaries)."""
     cats, vocab_values = [], []
     for j, name in enumerate(spec.cat_cols):
         merged: dict[str, list] = {}
@@ -432,9 +435,12 @@ def fit(summaries: list[BucketSummary], spec: IngestSpec, value_types: list, sam
         vocab_values.append(pa.array([merged[k][1] for k in kept], type=value_types[j]))
     nums, sampled = [], {}
     for j, name in enumerate(spec.num_cols):
-        m = SampleMerger(sample_cap)
-        for s in summaries:
-            m.add(*s.num_samples[j])
+        if samples is not None:
+            m = samples[j]
+        else:
+            m = SampleMerger(sample_cap)
+            for s in summaries:
+                m.add(*s.num_samples[j])
         values = m.result()
         center, scale = robust_stats(values)
         lo = min((s.num_range[j][0] for s in summaries if not np.isnan(s.num_range[j][0])), default=np.nan)
@@ -643,10 +649,18 @@ class LocalMap:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def __call__(self, fn, calls: list[tuple]) -> list:
+    def __call__(self, fn, calls: list[tuple]):
+        """The results in call order, each handed out as soon as it is there (and then let go of,
+        so a caller that folds them in holds one at a time)."""
         if self.pool is None:
-            return [fn(*args) for args in calls]
-        return [f.result() for f in [self.pool.submit(fn, *args) for args in calls]]
+            for args in calls:
+                yield fn(*args)
+            return
+        futures = [self.pool.submit(fn, *args) for args in calls]
+        for i in range(len(futures)):
+            result = futures[i].result()
+            futures[i] = None
+            yield result
 
 
 def default_workers() -> int:
@@ -658,25 +672,33 @@ def run_passes(units, spec: IngestSpec, labelled, targets, spill: str, shard_dir
     """Passes 2 and 3 with `run(fn, calls)` doing each pass's tasks (here, in a process pool or as
     Ray tasks). `shard_dir_for(schema)` -> where pass 3b writes the shards (a writer's temp dir).
     -> (schema with its shards, targets table)."""
-    results = run(partition_unit, [(u, i, spec, spill, n_buckets) for i, u in enumerate(units)])
+    results = list(run(partition_unit, [(u, i, spec, spill, n_buckets) for i, u in enumerate(units)]))
     if sum(rows for _, rows in results) == 0:
         raise DataError("the events table has a header but no rows")
     buckets = [b for b in range(n_buckets) if any(b in spilled for spilled, _ in results)]
-    summaries = run(arrange_parts, [([spilled[b] for spilled, _ in results if b in spilled], spec, labelled,
-                                     storage.join(spill, f"sorted-{b:05d}.arrow"), sample_cap) for b in buckets])
+    # Each bucket's numeric training values are folded into the samples as it arrives and then
+    # dropped, so the driver holds about SAMPLE_CAP values per field, not the table's.
+    samples = [SampleMerger(sample_cap) for _ in spec.num_cols]
+    summaries = []
+    for s in run(arrange_parts, [([spilled[b] for spilled, _ in results if b in spilled], spec, labelled,
+                                  storage.join(spill, f"sorted-{b:05d}.arrow"), sample_cap) for b in buckets]):
+        for j, m in enumerate(samples):
+            m.add(*s.num_samples[j])
+        s.num_samples = None
+        summaries.append(s)
     say(f"pass 3a: {len(buckets)} bucket(s) sorted")
     counts = total_counts(summaries)
     if counts["events_kept"] == 0:
         raise DataError(f"no sequence has at least --min-len {spec.min_len} events (longest has "
                         f"{max(s.longest for s in summaries)}); lower --min-len")
-    fitted = fit(summaries, spec, cat_value_types(summaries, spec), sample_cap)
+    fitted = fit(summaries, spec, cat_value_types(summaries, spec), sample_cap, samples)
     target_table, task, class_names = finish_targets(targets, spec, summaries, counts)
     schema = make_schema(spec, fitted, counts, task, class_names, targets is not None)
     kept = [s for s in summaries if s.arranged]
     shard_dir = shard_dir_for(schema)
     say(f"pass 3b: shard 1/{len(kept)}")
-    entries = run(encode_to_shard, [(s.arranged, spec, fitted, schema, shard_dir, shard_name(i))
-                                    for i, s in enumerate(kept)])
+    entries = list(run(encode_to_shard, [(s.arranged, spec, fitted, schema, shard_dir, shard_name(i))
+                                    for i, s in enumerate(kept)]))
     say(f"pass 3b: {len(kept)} shard(s) written")
     return schema.with_shards(entries), target_table
 
@@ -686,7 +708,9 @@ def stream_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwri
                   sample_cap: int = SAMPLE_CAP, progress=None, workers: int | None = None) -> Schema:
     """The three passes on this machine, in `workers` processes (default: up to 2); `out` a
     directory (or a URI: written locally, then uploaded by `publish`). Nothing in `out` changes
-    until the data set is complete."""
+    until the data set is complete. The worker processes are spawned, so a script calling this
+    with workers > 1 (the default on a table of 4M events or more) keeps its own top-level code
+    under ``if __name__ == "__main__":``."""
     say = progress or (lambda msg: None)
     targets, spec = read_targets(targets_path, spec)
     spec = replace(spec, source=str(events_path))
