@@ -32,6 +32,7 @@ from pathlib import Path
 from .. import storage
 from ..errors import DataError, SweepError  # noqa: F401  (SweepError re-exported)
 from ..evaluation import leaderboard
+from . import pareto, warm_start
 from .lock import sweep_lock
 from .space import SearchSpace, StageSpace, load_space, space_text
 
@@ -65,6 +66,7 @@ class SweepJob:
     sequences: int = DEMO_SEQUENCES
     trackers: list = field(default_factory=list)  # mlflow, wandb (sweep/trackers.py)
     eval_gpus: float = 0.0  # GPU share of the evaluation actor (it embeds on the GPU when > 0)
+    warm_start: str = ""  # an earlier sweep dir or Optuna journal that seeds the search (sweep/warm_start.py)
 
 
 def check_locations(out: str, data: str) -> None:
@@ -104,7 +106,22 @@ def _resolve(settings: SweepJob, resume: bool) -> SweepJob:
         space = str(Path(space).resolve())
     data = location(settings.data) if settings.data else ""
     check_locations("", data)
-    return replace(settings, out=out, space=space, data=data)
+    settings = replace(settings, out=out, space=space, data=data)
+    if settings.warm_start:  # an incompatible earlier sweep is refused before anything is written
+        warm = location(settings.warm_start)
+        warm_start.plan(warm, _stages(load_space(space), settings))
+        settings = replace(settings, warm_start=warm)
+    _check_repeats(_stages(load_space(space), settings), settings)
+    return settings
+
+
+def _check_repeats(stages: dict[str, StageSpace], settings: SweepJob) -> None:
+    """Several seeds per trial run inline (sweep/repeats.py), not as Ray Train runs."""
+    if settings.workers_per_trial > 1 or settings.gpus_per_worker:
+        for name, stage in stages.items():
+            if stage.sweep.repeats > 1:
+                raise SweepError(f"stage {name}: sweep.repeats > 1 runs its seeds inside one trial process; "
+                                 "it does not combine with --workers-per-trial > 1 or --gpus-per-worker")
 
 
 def _prepare_out(settings: SweepJob) -> str:
@@ -339,6 +356,7 @@ def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
     session = _start(settings, address)
     out, settings = session.out, session.settings
     stages = _resolve_metrics(stages, settings.data)  # the generated demo data, when no --data was given
+    warm = warm_start.plan(settings.warm_start, stages) if settings.warm_start and not resume else {}
     summary: dict = {"out": str(out), "stages": {}}
     for name, stage in stages.items():
         stage_fixed = session.fixed(name, space.is_two_stage)
@@ -347,13 +365,14 @@ def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
               f"{max_concurrent} at a time, ranked by {stage.sweep.reported_metric} ({stage.sweep.mode}) ==",
               flush=True)
         rows = run_stage(name, stage, out, stage_fixed, session.actor, session.actor_name, settings.cpus_per_trial,
-                         max_concurrent, resume=resume, trials=settings.trials or None, **session.stage_kwargs())
+                         max_concurrent, resume=resume, trials=settings.trials or None, warm=warm.get(name),
+                         **session.stage_kwargs())
         best = leaderboard.best(rows)
         failed = [r for r in rows if not leaderboard.is_ok(r)]
         summary["stages"][name] = {"method": stage.method, "scored": len(rows) - len(failed), "failed": failed,
                                    "best": best}
         if name == "teacher" and space.is_two_stage:
-            teacher = leaderboard.pick_teacher(rows, stage.sweep.finalists)
+            teacher = pick_teacher(rows, stage)
             if teacher is None:
                 raise SweepError("stage 1 produced no scored CoLES checkpoint; see the trial errors above")
             storage.write_text(storage.join(out, "teacher.json"), json.dumps(teacher, indent=1, default=str))
@@ -361,6 +380,14 @@ def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
                   f"among the {stage.sweep.finalists} best by {teacher['selection_metric']})", flush=True)
     _print_summary(out, summary)
     return summary
+
+
+def pick_teacher(rows: list[dict], stage: StageSpace) -> dict | None:
+    """The stage's teacher: the best downstream among its finalists; a multi-objective stage's
+    finalists come from its Pareto front by the knee rule (sweep/pareto.py)."""
+    if stage.sweep.cost:
+        return leaderboard.best(pareto.finalists([r for r in rows if leaderboard.is_ok(r)], stage.sweep.finalists))
+    return leaderboard.pick_teacher(rows, stage.sweep.finalists)
 
 
 def reseed_best(out, seeds=(1, 2), address: str | None = None) -> list[dict]:

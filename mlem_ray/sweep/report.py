@@ -24,6 +24,9 @@ Sections of the text:
    (rows with ``reseed_of`` = its id; the seed it was selected with is left out, as its score is
    biased by the selection), else as one seed with a hint how to re-seed; then the aggregate-features
    baseline, and whether each best embedding beats it and adds to it.
+   A multi-objective stage (``sweep.cost``) then gets its Pareto front: the non-dominated trials by
+   in-trial quality and cost, in the knee order that picks its finalists (sweep/pareto.py), and
+   ``pareto_<stage>.png``.
 2. The best trials' downstream metrics side by side (rows: metrics, columns: methods), and their params.
 3. Optuna parameter importances (fANOVA, fixed seed) of the primary metric per stage with >= 3 scored
    trials whose params vary, using the stage's distributions from space.yaml.
@@ -83,7 +86,10 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
     scored = []
     if len(board):
         groups = summarize(board)
-        scored = [*leaderboard_section(groups, board, sweep_dir), "", *metrics_section(groups), "",
+        from .report_plots import pareto_section
+
+        scored = [*leaderboard_section(groups, board, sweep_dir), "", *pareto_section(board, out_dir, _figure),
+                  *metrics_section(groups), "",
                   *importance_section(board, sweep_dir), "", *plots_section(board, groups, out_dir, sweep_dir)]
     else:
         scored = ["No trial was scored: every trial on the leaderboard failed or errored (below)."]
