@@ -65,3 +65,19 @@ def test_repeats_and_cost_then_a_warm_start(tmp_path, data):
     run_sweep(SweepJob(out=str(second), data=str(data), space=str(space2), folds=2, warm_start=str(first)))
     rows = leaderboard.read(second)
     assert len(rows) == 1 and json.loads(rows["params"].iloc[0]) == best
+
+
+def test_a_budget_sizes_the_stage_from_a_timing_probe_and_stops_there(tmp_path, data):
+    space = tmp_path / "space.yaml"
+    plain = {**SPACE, "sweep": {**SPACE["sweep"], "repeats": 1, "cost": "", "trials": 2}}
+    space.write_text(yaml.safe_dump(plain))
+    out = tmp_path / "budgeted"
+    run_sweep(SweepJob(out=str(out), data=str(data), space=str(space), folds=2, budget="45s"))
+    sizes = json.loads((out / "budget.json").read_text())["coles"]
+    # measured step and score times, and a stage sized from them for 45 s on the trial slots
+    assert sizes["t_step"] > 0 and sizes["time_budget_s"] <= 45
+    assert sizes["steps_per_epoch"] >= 1 and sizes["trials"] >= 1
+    board = leaderboard.read(out)
+    assert 1 <= len(board) <= sizes["trials"]
+    cfg = yaml.safe_load((__import__("pathlib").Path(board["checkpoint"].iloc[0]) / "config.yaml").read_text())
+    assert cfg["train"]["steps_per_epoch"] == sizes["steps_per_epoch"]

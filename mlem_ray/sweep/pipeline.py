@@ -32,7 +32,7 @@ from pathlib import Path
 from .. import storage
 from ..errors import DataError, SweepError  # noqa: F401  (SweepError re-exported)
 from ..evaluation import leaderboard
-from . import pareto, warm_start
+from . import budget, pareto, warm_start
 from .lock import sweep_lock
 from .space import SearchSpace, StageSpace, load_space, space_text
 
@@ -67,6 +67,7 @@ class SweepJob:
     trackers: list = field(default_factory=list)  # mlflow, wandb (sweep/trackers.py)
     eval_gpus: float = 0.0  # GPU share of the evaluation actor (it embeds on the GPU when > 0)
     warm_start: str = ""  # an earlier sweep dir or Optuna journal that seeds the search (sweep/warm_start.py)
+    budget: str = ""  # a compute budget (2h, 90m, 1.5gpu-h) that sizes the stages (sweep/budget.py)
 
 
 def check_locations(out: str, data: str) -> None:
@@ -112,6 +113,9 @@ def _resolve(settings: SweepJob, resume: bool) -> SweepJob:
         warm_start.plan(warm, _stages(load_space(space), settings))
         settings = replace(settings, warm_start=warm)
     _check_repeats(_stages(load_space(space), settings), settings)
+    if settings.budget and budget.parse(settings.budget).gpu and not settings.gpus_per_worker:
+        raise SweepError(f"--budget {settings.budget}: GPU-hours need trials on GPUs (--gpus-per-worker); "
+                         "give hours instead, e.g. 2h")
     return settings
 
 
@@ -357,16 +361,27 @@ def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
     out, settings = session.out, session.settings
     stages = _resolve_metrics(stages, settings.data)  # the generated demo data, when no --data was given
     warm = warm_start.plan(settings.warm_start, stages) if settings.warm_start and not resume else {}
+    planner = _planner(session, stages, resume) if settings.budget else None
     summary: dict = {"out": str(out), "stages": {}}
     for name, stage in stages.items():
         stage_fixed = session.fixed(name, space.is_two_stage)
         max_concurrent = session.max_concurrent(stage)
+        time_budget_s = None
+        if planner is not None:  # sized for the budget left, from a timing probe (sweep/budget.py)
+            stage = planner.plan(name, stage, stage_fixed, settings.cpus_per_trial, settings.gpus_per_worker)
+            storage.write_text(storage.join(out, budget.FILE), planner.saved())
+            size = planner.sizes[name]
+            time_budget_s = None if resume else max(1.0, size.time_budget_s)
+            print(f"budget: stage {name} gets {size.time_budget_s:.0f} s: {size.trials} trials x up to {size.epochs} "
+                  f"epochs x {size.steps_per_epoch} steps (measured {size.t_step * 1000:.1f} ms/step, "
+                  f"{size.t_eval:.2f} s per in-trial score)", flush=True)
         print(f"\n== stage {name}: {stage.method}, {settings.trials or stage.sweep.trials} trials, "
               f"{max_concurrent} at a time, ranked by {stage.sweep.reported_metric} ({stage.sweep.mode}) ==",
               flush=True)
         rows = run_stage(name, stage, out, stage_fixed, session.actor, session.actor_name, settings.cpus_per_trial,
-                         max_concurrent, resume=resume, trials=settings.trials or None, warm=warm.get(name),
-                         **session.stage_kwargs())
+                         max_concurrent, resume=resume, trials=(settings.trials or None) if planner is None else None,
+                         warm=warm.get(name),
+                         time_budget_s=time_budget_s, **session.stage_kwargs())
         best = leaderboard.best(rows)
         failed = [r for r in rows if not leaderboard.is_ok(r)]
         summary["stages"][name] = {"method": stage.method, "scored": len(rows) - len(failed), "failed": failed,
@@ -380,6 +395,20 @@ def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
                   f"among the {stage.sweep.finalists} best by {teacher['selection_metric']})", flush=True)
     _print_summary(out, summary)
     return summary
+
+
+def _planner(session: _Session, stages: dict[str, StageSpace], resume: bool) -> budget.Planner:
+    """The budget's planner; a resumed sweep reads the sizes it chose (budget.json)."""
+    settings = session.settings
+    if settings.trials:  # --trials with --budget: the budget sizes steps and epochs for that many trials
+        stages = {n: replace(s, sweep=replace(s.sweep, trials=settings.trials,
+                                              finalists=min(s.sweep.finalists, settings.trials)))
+                  for n, s in stages.items()}
+    saved_at = storage.join(session.out, budget.FILE)
+    saved = json.loads(storage.read_text(saved_at)) if resume and storage.exists(saved_at) else None
+    slots = session.max_concurrent(next(iter(stages.values())))
+    gpus = slots * settings.workers_per_trial * settings.gpus_per_worker
+    return budget.Planner(budget.parse(settings.budget), stages, slots, gpus, saved)
 
 
 def pick_teacher(rows: list[dict], stage: StageSpace) -> dict | None:
