@@ -16,7 +16,12 @@ file goes through mlem_ray/storage.py, so a cloud cluster needs no shared disk):
   mlflow.db, wandb/       with --tracker mlflow|wandb (sweep/trackers.py)
   leaderboard.parquet     one row per scored trial (the evaluation actor's)
   tensorboard_leaderboard/
-  teacher.json            the chosen teacher (two-stage sweeps)
+  teacher.json            the chosen teacher (two-stage sweeps; from the Pareto front of a
+                          multi-objective stage, sweep/pareto.py)
+  budget.json             with --budget: each stage's measured step time and chosen sizes (sweep/budget.py)
+
+--warm-start seeds each compatible stage from an earlier sweep (sweep/warm_start.py); --budget sizes
+the stages for a compute budget and stops each at its share (sweep/budget.py).
 """
 from __future__ import annotations
 
