@@ -5,7 +5,7 @@ Why lockstep: the scheduler compares trials at each epoch, so each epoch's resul
 aggregate every seed. The seeds run as threads that take turns (only one trains at any moment:
 a trial's CPU share is not oversubscribed): seed 0 trains epoch e and hands over at its report,
 then seed 1 trains epoch e, ...; when every seed has reported epoch e the trial reports once.
-Each seed's torch RNG state is saved at the hand-over and restored when its turn comes back, so a
+Each seed's torch RNG state (CPU, and CUDA when in use) is saved at the hand-over and restored when its turn comes back, so a
 seed trains exactly as it would alone.
 
 What the trial reports (documented choice): the base seed's metrics, plus for the in-trial score m
@@ -72,11 +72,14 @@ class _SeedReporter:
             kept = Path(tempfile.mkdtemp(prefix=f"mlem_ray_seed{self.k}_")) / "checkpoint"
             shutil.copytree(checkpoint, kept)
         rng = torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
         self.box.put(("epoch", self.k, dict(metrics), kept))
         self.go.acquire()  # the next seed trains now; wait for this seed's next turn
         if self.stop.is_set():
             raise _Stopped()
         torch.set_rng_state(rng)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def run_repeated(train_one: Callable, cfgs: list, report: Callable[[dict, Path | None], None], metric: str,
