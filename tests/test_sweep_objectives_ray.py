@@ -2,6 +2,7 @@
 reaches the leaderboard with the seeds' mean and std and the cost, its study has two objectives,
 and a sweep warm-started from it runs the earlier best config first."""
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -53,7 +54,7 @@ def test_repeats_and_cost_then_a_warm_start(tmp_path, data):
     assert all(by_hidden[a] < by_hidden[b] for a in by_hidden for b in by_hidden if a < b)
     # the trial's checkpoint carries the other seed's inside it
     assert all((leaderboard_ckpt / "repeats" / "seed_1" / "model.pt").exists()
-               for leaderboard_ckpt in map(__import__("pathlib").Path, board["checkpoint"]))
+               for leaderboard_ckpt in map(Path, board["checkpoint"]))
     study = optuna.load_study(study_name="coles", storage=optuna_storage.study_storage(first))
     assert len(study.directions) == 2 and study.metric_names == ["probe_score_robust", "cost_params"]
 
@@ -79,5 +80,5 @@ def test_a_budget_sizes_the_stage_from_a_timing_probe_and_stops_there(tmp_path, 
     assert sizes["steps_per_epoch"] >= 1 and sizes["trials"] >= 1
     board = leaderboard.read(out)
     assert 1 <= len(board) <= sizes["trials"]
-    cfg = yaml.safe_load((__import__("pathlib").Path(board["checkpoint"].iloc[0]) / "config.yaml").read_text())
+    cfg = yaml.safe_load((Path(board["checkpoint"].iloc[0]) / "config.yaml").read_text())
     assert cfg["train"]["steps_per_epoch"] == sizes["steps_per_epoch"]
