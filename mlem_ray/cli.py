@@ -207,7 +207,8 @@ def _sweep(args) -> int:
                         trials=args.trials or 0, methods=list(_csv_list(args.methods)),
                         gpus_per_worker=args.gpus_per_worker, workers_per_trial=args.workers_per_trial,
                         sequences=args.sequences, eval_gpus=args.eval_gpus,
-                        trackers=list(dict.fromkeys(args.tracker or [])))
+                        trackers=list(dict.fromkeys(args.tracker or [])), warm_start=str(args.warm_start or ""),
+                        budget=str(args.budget or ""))
     run_sweep(settings, address=args.address, resume=args.resume)
     return 0
 
@@ -356,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also log every trial, with its downstream scores, to MLflow (a SQLite store OUT/mlflow.db "
                         "unless MLFLOW_TRACKING_URI is set) or W&B (offline in OUT/wandb unless WANDB_MODE is set); "
                         "repeatable; optional extras: pip install 'mlem_ray[mlflow]'")
+    q.add_argument("--warm-start", metavar="SWEEP_DIR|JOURNAL",
+                   help="seed the search with an earlier sweep on a compatible space: its best configs run first "
+                        "and its Optuna study's trials are added to the new study (refused when the spaces differ)")
+    q.add_argument("--budget", metavar="DURATION",
+                   help="a compute budget such as 2h, 90m or 1.5gpu-h: a short timing probe sizes each stage's "
+                        "trials, epochs and steps to fill it, and the sweep stops there with its best so far "
+                        "(default: the space's own sizes)")
     q.set_defaults(func=_sweep)
 
     q = sub.add_parser("report", help="leaderboard (methods side by side), parameter importances and plots of a sweep")

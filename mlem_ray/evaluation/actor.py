@@ -127,7 +127,7 @@ class Evaluator:
             "params": json.dumps(params, sort_keys=True, default=str), "seed": int(seed),
             "reseed_of": reseed_of, "primary_metric": metric, "primary_mode": mode,
             "primary_value": float(result[metric]) if metric else float("nan"), "scored_at": time.time(),
-            "status": status, "error": error,
+            "status": status, "error": error, **leaderboard.selection_extras(selection),
             **{k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         }
         self._add(row)

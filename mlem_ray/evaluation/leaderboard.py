@@ -14,6 +14,10 @@ One row per scored trial. Columns:
   selection_value           checkpoint
   val_loss                  the kept checkpoint's validation loss (reported, never compared
                             across trials: its scale is a swept hyperparameter)
+  selection_mean            with sweep.repeats: the in-trial score's mean and std over the trial's
+  selection_std, repeats    seeds (selection_value is then mean - std, sweep/repeats.py), and how many
+  cost_metric, cost_value   with sweep.cost: the second objective (cost_params or
+                            cost_embed_s_per_1k, minimised; sweep/cost.py) at the kept checkpoint
   primary_metric            the downstream score (the tree probe's CV on the labelled training
   primary_mode              pool), its direction and value; the test set is reported beside it
   primary_value             and never used to choose
@@ -38,7 +42,16 @@ FILE = "leaderboard.parquet"
 # Bookkeeping columns: every other numeric column is a downstream metric.
 BOOKKEEPING = ("trial_id", "stage", "method", "checkpoint", "params", "seed", "reseed_of", "selection_metric",
                "selection_mode", "selection_value", "val_loss", "primary_metric", "primary_mode", "primary_value",
-               "scored_at", "status", "error")
+               "scored_at", "status", "error", "selection_mean", "selection_std", "repeats", "cost_metric",
+               "cost_value")
+# Optional in-trial columns the sweep hands the actor with the selection score (None: not this trial).
+SELECTION_EXTRAS = {"selection_mean": float, "selection_std": float, "repeats": float, "cost_metric": str,
+                    "cost_value": float}
+
+
+def selection_extras(selection: dict) -> dict:
+    """The optional columns of one row: repeats' mean and std, a multi-objective stage's cost."""
+    return {k: kind(selection[k]) for k, kind in SELECTION_EXTRAS.items() if k in selection}
 OK, FAILED, ERRORED = "ok", "failed", "errored"
 
 

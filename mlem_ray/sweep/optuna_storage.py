@@ -42,14 +42,14 @@ def study_names(sweep_dir) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(study_storage(sweep_dir), include_best_trial=False)]
 
 
-def name_objective(sweep_dir, study_name: str, metric: str) -> None:
-    """Name the study's objective (OptunaSearch does not): optuna-dashboard and the report's plots
-    label their axes with it."""
+def name_objective(sweep_dir, study_name: str, metric: str | list[str]) -> None:
+    """Name the study's objective(s) (OptunaSearch does not): optuna-dashboard and the report's plots
+    label their axes with them; a warm start checks them (sweep/warm_start.py)."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.load_study(study_name=study_name, storage=study_storage(sweep_dir)).set_metric_names([metric])
+        optuna.load_study(study_name=study_name, storage=study_storage(sweep_dir)).set_metric_names([metric] if isinstance(metric, str) else list(metric))
 
 
 def close_stale_trials(sweep_dir, study_name: str) -> int:

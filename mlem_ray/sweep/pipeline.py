@@ -16,7 +16,12 @@ file goes through mlem_ray/storage.py, so a cloud cluster needs no shared disk):
   mlflow.db, wandb/       with --tracker mlflow|wandb (sweep/trackers.py)
   leaderboard.parquet     one row per scored trial (the evaluation actor's)
   tensorboard_leaderboard/
-  teacher.json            the chosen teacher (two-stage sweeps)
+  teacher.json            the chosen teacher (two-stage sweeps; from the Pareto front of a
+                          multi-objective stage, sweep/pareto.py)
+  budget.json             with --budget: each stage's measured step time and chosen sizes (sweep/budget.py)
+
+--warm-start seeds each compatible stage from an earlier sweep (sweep/warm_start.py); --budget sizes
+the stages for a compute budget and stops each at its share (sweep/budget.py).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from pathlib import Path
 from .. import storage
 from ..errors import DataError, SweepError  # noqa: F401  (SweepError re-exported)
 from ..evaluation import leaderboard
+from . import budget, pareto, warm_start
 from .lock import sweep_lock
 from .space import SearchSpace, StageSpace, load_space, space_text
 
@@ -64,6 +70,8 @@ class SweepJob:
     sequences: int = DEMO_SEQUENCES
     trackers: list = field(default_factory=list)  # mlflow, wandb (sweep/trackers.py)
     eval_gpus: float = 0.0  # GPU share of the evaluation actor (it embeds on the GPU when > 0)
+    warm_start: str = ""  # an earlier sweep dir or Optuna journal that seeds the search (sweep/warm_start.py)
+    budget: str = ""  # a compute budget (2h, 90m, 1.5gpu-h) that sizes the stages (sweep/budget.py)
 
 
 def check_locations(out: str, data: str) -> None:
@@ -101,7 +109,25 @@ def _resolve(settings: SweepJob, resume: bool) -> SweepJob:
         space = storage.absolute(space)
     data = location(settings.data) if settings.data else ""
     check_locations("", data)
-    return replace(settings, out=out, space=space, data=data)
+    settings = replace(settings, out=out, space=space, data=data)
+    if settings.warm_start:  # an incompatible earlier sweep is refused before anything is written
+        warm = location(settings.warm_start)
+        warm_start.plan(warm, _stages(load_space(space), settings))
+        settings = replace(settings, warm_start=warm)
+    _check_repeats(_stages(load_space(space), settings), settings)
+    if settings.budget and budget.parse(settings.budget).gpu and not settings.gpus_per_worker:
+        raise SweepError(f"--budget {settings.budget}: GPU-hours need trials on GPUs (--gpus-per-worker); "
+                         "give hours instead, e.g. 2h")
+    return settings
+
+
+def _check_repeats(stages: dict[str, StageSpace], settings: SweepJob) -> None:
+    """Several seeds per trial run inline (sweep/repeats.py), not as Ray Train runs."""
+    if settings.workers_per_trial > 1 or settings.gpus_per_worker:
+        for name, stage in stages.items():
+            if stage.sweep.repeats > 1:
+                raise SweepError(f"stage {name}: sweep.repeats > 1 runs its seeds inside one trial process; "
+                                 "it does not combine with --workers-per-trial > 1 or --gpus-per-worker")
 
 
 def _prepare_out(settings: SweepJob) -> str:
@@ -322,21 +348,34 @@ def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
     session = _start(settings, address)
     out, settings = session.out, session.settings
     stages = _resolve_metrics(stages, settings.data)  # the generated demo data, when no --data was given
+    warm = warm_start.plan(settings.warm_start, stages) if settings.warm_start and not resume else {}
+    planner = _planner(session, stages, resume) if settings.budget else None
     summary: dict = {"out": str(out), "stages": {}}
     for name, stage in stages.items():
         stage_fixed = session.fixed(name, space.is_two_stage)
         max_concurrent = session.max_concurrent(stage)
+        time_budget_s = None
+        if planner is not None:  # sized for the budget left, from a timing probe (sweep/budget.py)
+            stage = planner.plan(name, stage, stage_fixed, settings.cpus_per_trial, settings.gpus_per_worker)
+            storage.write_text(storage.join(out, budget.FILE), planner.saved())
+            size = planner.sizes[name]
+            time_budget_s = None if resume else max(1.0, size.time_budget_s)
+            print(f"budget: stage {name} gets {size.time_budget_s:.0f} s: {size.trials} trials x up to {size.epochs} "
+                  f"epochs x {size.steps_per_epoch} steps (measured {size.t_step * 1000:.1f} ms/step, "
+                  f"{size.t_eval:.2f} s per in-trial score)", flush=True)
         print(f"\n== stage {name}: {stage.method}, {settings.trials or stage.sweep.trials} trials, "
               f"{max_concurrent} at a time, ranked by {stage.sweep.reported_metric} ({stage.sweep.mode}) ==",
               flush=True)
         rows = run_stage(name, stage, out, stage_fixed, session.actor, session.actor_name, settings.cpus_per_trial,
-                         max_concurrent, resume=resume, trials=settings.trials or None, **session.stage_kwargs())
+                         max_concurrent, resume=resume, trials=(settings.trials or None) if planner is None else None,
+                         warm=warm.get(name),
+                         time_budget_s=time_budget_s, **session.stage_kwargs())
         best = leaderboard.best(rows)
         failed = [r for r in rows if not leaderboard.is_ok(r)]
         summary["stages"][name] = {"method": stage.method, "scored": len(rows) - len(failed), "failed": failed,
                                    "best": best}
         if name == "teacher" and space.is_two_stage:
-            teacher = leaderboard.pick_teacher(rows, stage.sweep.finalists)
+            teacher = pick_teacher(rows, stage)
             if teacher is None:
                 raise SweepError("stage 1 produced no scored CoLES checkpoint; see the trial errors above")
             storage.write_text(storage.join(out, "teacher.json"), json.dumps(teacher, indent=1, default=str))
@@ -344,6 +383,28 @@ def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
                   f"among the {stage.sweep.finalists} best by {teacher['selection_metric']})", flush=True)
     _print_summary(out, summary)
     return summary
+
+
+def _planner(session: _Session, stages: dict[str, StageSpace], resume: bool) -> budget.Planner:
+    """The budget's planner; a resumed sweep reads the sizes it chose (budget.json)."""
+    settings = session.settings
+    if settings.trials:  # --trials with --budget: the budget sizes steps and epochs for that many trials
+        stages = {n: replace(s, sweep=replace(s.sweep, trials=settings.trials,
+                                              finalists=min(s.sweep.finalists, settings.trials)))
+                  for n, s in stages.items()}
+    saved_at = storage.join(session.out, budget.FILE)
+    saved = json.loads(storage.read_text(saved_at)) if resume and storage.exists(saved_at) else None
+    slots = session.max_concurrent(next(iter(stages.values())))
+    gpus = slots * settings.workers_per_trial * settings.gpus_per_worker
+    return budget.Planner(budget.parse(settings.budget), stages, slots, gpus, saved)
+
+
+def pick_teacher(rows: list[dict], stage: StageSpace) -> dict | None:
+    """The stage's teacher: the best downstream among its finalists; a multi-objective stage's
+    finalists come from its Pareto front by the knee rule (sweep/pareto.py)."""
+    if stage.sweep.cost:
+        return leaderboard.best(pareto.finalists([r for r in rows if leaderboard.is_ok(r)], stage.sweep.finalists))
+    return leaderboard.pick_teacher(rows, stage.sweep.finalists)
 
 
 def reseed_best(out, seeds=(1, 2), address: str | None = None) -> list[dict]:

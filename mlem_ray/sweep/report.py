@@ -25,6 +25,9 @@ Sections of the text:
    (rows with ``reseed_of`` = its id; the seed it was selected with is left out, as its score is
    biased by the selection), else as one seed with a hint how to re-seed; then the aggregate-features
    baseline, and whether each best embedding beats it and adds to it.
+   A multi-objective stage (``sweep.cost``) then gets its Pareto front: the non-dominated trials by
+   in-trial quality and cost, in the knee order that picks its finalists (sweep/pareto.py), and
+   ``pareto_<stage>.png``.
 2. The best trials' downstream metrics side by side (rows: metrics, columns: methods), and their params.
 3. Optuna parameter importances (fANOVA, fixed seed) of the primary metric per stage with >= 3 scored
    trials whose params vary, using the stage's distributions from space.yaml.
@@ -86,7 +89,9 @@ def _build_report(sweep_dir, out_dir: Path) -> str:
     scored = []
     if len(board):
         groups = summarize(board)
-        scored = [*leaderboard_section(groups, board, sweep_dir), "", *metrics_section(groups), "",
+        scored = [*leaderboard_section(groups, board, sweep_dir), "",
+                  *report_plots.pareto_section(board, out_dir, report_plots.figure),
+                  *metrics_section(groups), "",
                   *importance_section(board, sweep_dir), "", *plots_section(board, groups, out_dir, sweep_dir)]
     else:
         scored = ["No trial was scored: every trial on the leaderboard failed or errored (below)."]
@@ -183,6 +188,11 @@ def metrics_section(groups: list[MethodSummary]) -> list[str]:
         params = parse_params(g.best.get("params"))
         shown = ", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in sorted(params.items()))
         lines.append(f"- {g.label} `{g.best['trial_id']}`: {shown or '(no swept params)'}")
+        repeats = pd.to_numeric(pd.Series([g.best.get("repeats")]), errors="coerce").iloc[0]
+        if math.isfinite(repeats) and repeats > 1:  # a trial of several seeds (sweep.repeats)
+            lines.append(f"  in-trial score over its {int(repeats)} seeds: {fmt(g.best.get('selection_mean'))} +- "
+                         f"{fmt(g.best.get('selection_std'))} (ranked by {g.best.get('selection_metric')} = "
+                         f"{fmt(g.best.get('selection_value'))})")
         if g.best.get("checkpoint"):
             lines.append(f"  checkpoint: {g.best['checkpoint']}")
     return lines

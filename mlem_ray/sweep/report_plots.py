@@ -69,6 +69,8 @@ def optuna_plots(sweep_dir: Path, out_dir: Path) -> list[str]:
                     warnings.simplefilter("ignore")
                     plot = getattr(optuna.visualization.matplotlib, f"plot_{kind}")
                     kwargs = {"evaluator": optuna.importance.FanovaImportanceEvaluator(seed=0)} if kind == "param_importances" else {}
+                    if len(study.directions) > 1:  # a multi-objective stage: plot its quality objective
+                        kwargs["target"] = _first_value
                     axes = plot(study, target_name=objective, **kwargs)
             except Exception as e:  # noqa: BLE001 (e.g. a param that never varied; fANOVA on 2 trials)
                 lines.append(f"- {name} {kind}: skipped ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
@@ -93,6 +95,60 @@ def optuna_plots(sweep_dir: Path, out_dir: Path) -> list[str]:
             plt.close(fig)
             lines.append(f"- {path}")
     return lines
+
+
+def _first_value(trial) -> float:
+    return trial.values[0]
+
+
+def pareto_section(board: pd.DataFrame, out_dir: Path, figure) -> list[str]:
+    """Each multi-objective stage (rows with a cost_value): its Pareto front of in-trial quality
+    against cost, listed (knee order, sweep/pareto.py) and drawn; [] when no stage has a cost."""
+    from . import pareto
+
+    if "cost_value" not in board.columns:
+        return []
+    lines = []
+    originals = board[board["reseed_of"] == ""] if "reseed_of" in board.columns else board
+    for stage, rows in originals.groupby("stage", sort=False):
+        records = rows.to_dict("records")
+        if not pareto.has_cost(records):
+            continue
+        front = pareto.knee_order(pareto.non_dominated(records))
+        cost = str(records[0].get("cost_metric") or "cost")
+        quality = str(records[0].get("selection_metric") or "in-trial score")
+        lines += [f"## Pareto front: {stage} ({quality} vs {cost}; {len(front)} of {len(records)} trials)", "",
+                  "Knee order: both objectives rescaled over the front, by distance to the best quality at the "
+                  "least cost; the stage's finalists are the first of these (sweep/pareto.py).", "",
+                  f"| trial | {quality} | {cost} | downstream ({records[0].get('primary_metric', 'primary')}) |",
+                  "|---|---|---|---|"]
+        for r in front:
+            lines.append(f"| {r['trial_id']} | {_num(r['selection_value'])} | {_num(r['cost_value'])} | "
+                         f"{_num(r.get('primary_value'))} |")
+        path = out_dir / f"pareto_{stage}.png"
+        fig = figure(6.0, 4.0)
+        ax = fig.add_subplot(111)
+        ax.scatter(pd.to_numeric(rows["cost_value"], errors="coerce"),
+                   pd.to_numeric(rows["selection_value"], errors="coerce"), color="0.6", label="trials")
+        ordered = sorted(front, key=lambda r: float(r["cost_value"]))
+        ax.plot([float(r["cost_value"]) for r in ordered], [float(r["selection_value"]) for r in ordered], "o-",
+                color="tab:red", label="Pareto front")
+        ax.set_xlabel(f"{cost} (lower is better)")
+        ax.set_ylabel(f"{quality} ({'higher' if records[0].get('selection_mode') == 'max' else 'lower'} is better)")
+        ax.set_title(f"{stage}: quality against cost")
+        ax.legend(loc="best", fontsize=8)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        lines += ["", f"- {path}", ""]
+    return lines
+
+
+def _num(value) -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    return f"{value:.4g}" if math.isfinite(value) else "-"
 
 
 def spearman(x, y) -> tuple[float, int]:

@@ -16,6 +16,10 @@ A search space is a YAML file. One stage::
       seed: 0                # seeds the TPE sampler
       finalists: 3           # best trials by the in-trial score, among which the teacher is
                              # the best downstream (<= trials)
+      repeats: 1             # seeds per trial (train.seed, +1, ...): the objective is then the
+                             # robust in-trial score (sweep/repeats.py)
+      cost: ""               # params | embed_time: a second objective, minimised (sweep/cost.py);
+                             # the stage is then multi-objective (Pareto front, sweep/pareto.py)
     params:                  # run-config keys (section.key, see mlem_ray/config.py)
       optim.lr: {type: log_float, low: 1.0e-4, high: 1.0e-2}
       objective.margin: {type: float, low: 0.3, high: 1.0}          # optional step
@@ -70,6 +74,8 @@ import yaml
 
 from mlem_ray.config import METHODS, REPORTED, SELECTION_METRICS, SELECTION_SIZE, Config, ConfigError, make_config
 from ..errors import SpaceError  # noqa: F401  (re-exported)
+from .cost import COST_METRICS, COSTS
+from .repeats import robust_name
 
 PARAM_TYPES = ("float", "log_float", "int", "categorical")
 _DIST_KEYS = ("type", "low", "high", "log", "step", "choices")
@@ -126,6 +132,13 @@ class StageSweep:
     seed: int = 0  # sampler seed
     finalists: int = 3  # best trials (by the in-trial score) among which the teacher is chosen downstream
     search: str = "tpe"  # tpe (multivariate) | random (the baseline of benchmarks/sweep_efficiency.py)
+    # Seeds per trial: one config trained with `repeats` seeds in lockstep inside the trial; what
+    # Tune, ASHA and Optuna compare is then mean - std over the seeds (mean + std for a min metric),
+    # reported as "<metric>_robust" (sweep/repeats.py).
+    repeats: int = 1
+    # A second objective, measured in the trial and minimised beside the metric: "params" (the
+    # encoder's parameter count) or "embed_time" (seconds to embed 1,000 sequences); "" = none.
+    cost: str = ""
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -135,11 +148,14 @@ class StageSweep:
                 kind = "text" if want is str else "an integer"
                 raise SpaceError(f"sweep.{f.name} must be {kind}, got {value!r}")
         for name, low in (("trials", 1), ("grace_period", 1), ("reduction_factor", 2), ("epochs", 1),
-                          ("finalists", 1), ("max_concurrent", 0), ("selection_every", 1), ("selection_size", 10)):
+                          ("finalists", 1), ("max_concurrent", 0), ("selection_every", 1), ("selection_size", 10),
+                          ("repeats", 1)):
             if getattr(self, name) < low:
                 raise SpaceError(f"sweep.{name} must be >= {low}, got {getattr(self, name)}")
         if self.search not in ("tpe", "random"):
             raise SpaceError(f"sweep.search must be tpe or random, got {self.search!r}")
+        if self.cost not in ("",) + COSTS:
+            raise SpaceError(f"sweep.cost must be one of {', '.join(COSTS)} (or left out), got {self.cost!r}")
         if self.scheduler not in ("asha", "none"):
             raise SpaceError(f"sweep.scheduler must be asha or none, got {self.scheduler!r}")
         if self.selection not in ("",) + SELECTION_METRICS:
@@ -163,11 +179,24 @@ class StageSweep:
         return dataclasses.replace(self, selection=metric, mode=REPORTED[metric][1])
 
     @property
-    def reported_metric(self) -> str:
-        """The name the trials report the metric under (what Tune, ASHA and Optuna compare)."""
+    def base_metric(self) -> str:
+        """The name one training run reports the in-trial score under (probe_score, rankme, val_loss)."""
         if not self.selection:
             raise SpaceError("sweep.selection is not resolved yet (StageSweep.resolved)")
         return REPORTED[self.selection][0]
+
+    @property
+    def reported_metric(self) -> str:
+        """The name the trials report the quality objective under (what Tune, ASHA and Optuna
+        compare): the base metric, or with repeats its robust aggregate over the seeds."""
+        return robust_name(self.base_metric) if self.repeats > 1 else self.base_metric
+
+    @property
+    def objectives(self) -> tuple[list[str], list[str]]:
+        """(metrics, modes) the sampler optimises: the quality objective, then the cost if any."""
+        if not self.cost:
+            return [self.reported_metric], [self.mode]
+        return [self.reported_metric, COST_METRICS[self.cost]], [self.mode, "min"]
 
 
 @dataclass(frozen=True)
@@ -251,9 +280,13 @@ class StageSpace:
         """This stage with its selection metric chosen (see StageSweep.resolved)."""
         return dataclasses.replace(self, sweep=self.sweep.resolved(default_metric))
 
-    def searcher(self, seed: int | None = None, storage=None, study_name: str | None = None):
+    def searcher(self, seed: int | None = None, storage=None, study_name: str | None = None,
+                 points_to_evaluate: list[dict] | None = None):
         """A seeded ``OptunaSearch`` over this stage's params: multivariate TPE, or random sampling.
-        `storage`/`study_name`: where the study lives (sweep/optuna_storage.py); default in memory."""
+        `storage`/`study_name`: where the study lives (sweep/optuna_storage.py); default in memory.
+        With a `sweep.cost` it optimises both objectives (a metric list and a mode list): Optuna's
+        TPE samples multi-objective studies itself (MOTPE). `points_to_evaluate`: configs Optuna
+        runs first, in order (`study.enqueue_trial`; the warm start, sweep/warm_start.py)."""
         from ray.tune.search.optuna import OptunaSearch
 
         seed = self.sweep.seed if seed is None else seed
@@ -261,8 +294,10 @@ class StageSpace:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = (optuna.samplers.TPESampler(seed=seed, multivariate=True) if self.sweep.search == "tpe"
                        else optuna.samplers.RandomSampler(seed=seed))
-        return OptunaSearch(space=self.optuna_space(), metric=self.sweep.reported_metric, mode=self.sweep.mode,
-                            sampler=sampler, storage=storage, study_name=study_name)
+        metrics, modes = self.sweep.objectives
+        metric, mode = (metrics, modes) if len(metrics) > 1 else (metrics[0], modes[0])
+        return OptunaSearch(space=self.optuna_space(), metric=metric, mode=mode, sampler=sampler, storage=storage,
+                            study_name=study_name, points_to_evaluate=points_to_evaluate or None)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from ray import tune
 from .. import storage
 from ..evaluation import leaderboard
 from ..training.loop import Runtime, resolve_device, train
-from . import optuna_storage, trackers as tracking
+from . import cost as cost_meter, optuna_storage, trackers as tracking, warm_start
+from .repeats import run_repeated
 from .space import StageSpace
 from .tensorboard import CurvesOnly
 
@@ -44,16 +45,23 @@ class TrialSettings:
 class TuneReporter:
     """Reporter for the training loop inside a Tune trial. Adds the Ray node the trial ran on.
     Non-finite values are left out, except the stage's metric: Tune needs it in every result, and
-    a NaN there ranks the trial last rather than failing it."""
+    a NaN there ranks the trial last rather than failing it. With a `cost` (sweep.cost) it measures
+    the trial's cost at its first checkpoint and reports it with every result from then on."""
 
-    def __init__(self, metric: str):
+    def __init__(self, metric: str, cost: str = "", data_path: str = "", device="cpu"):
         self.node_id = ray.get_runtime_context().get_node_id()
         self.metric = metric
+        self.cost, self.data_path, self.device = cost, data_path, device
+        self.cost_value: float | None = None
 
     def report(self, metrics: dict, checkpoint: Path | None) -> None:
         flat = {k: (float(v) if not isinstance(v, bool) else int(v)) for k, v in metrics.items()
                 if isinstance(v, _REPORTED_KINDS) and (not isinstance(v, float) or math.isfinite(v) or k == self.metric)}
         flat["node_id"] = self.node_id
+        if self.cost and self.cost_value is None and checkpoint is not None:
+            self.cost_value = cost_meter.measure(self.cost, checkpoint, self.data_path, self.device)
+        if self.cost_value is not None:
+            flat[cost_meter.COST_METRICS[self.cost]] = self.cost_value
         if checkpoint is not None:
             tune.report(flat, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
         else:
@@ -74,16 +82,27 @@ def run_trial(sampled: dict, settings: TrialSettings) -> None:
                         name=tune.get_context().get_trial_id(), cpus_per_worker=settings.cpus_per_worker,
                         callbacks=[TuneReportCallback()])
         return
-    reporter = TuneReporter(settings.stage.sweep.reported_metric)
+    sweep = settings.stage.sweep
     runtime = Runtime(device=resolve_device(cfg.train.device))
+    reporter = TuneReporter(sweep.reported_metric, sweep.cost, cfg.data.path, runtime.device)
     checkpoint = tune.get_checkpoint()  # set when Tune restores an interrupted trial
     if checkpoint is None:
-        train(cfg, reporter, runtime)
+        _train(cfg, reporter, runtime, sweep, None)
         return
     # The checkpoint in place on local or shared storage (a temporary copy, removed on exit, only
     # where it lives elsewhere): restarts leave nothing behind.
     with checkpoint.as_directory() as resume:
+        _train(cfg, reporter, runtime, sweep, resume)
+
+
+def _train(cfg, reporter: TuneReporter, runtime: Runtime, sweep, resume) -> None:
+    """One training run, or with sweep.repeats its seeds in lockstep (sweep/repeats.py)."""
+    if sweep.repeats <= 1:
         train(cfg, reporter, runtime, resume=resume)
+        return
+    cfgs = [cfg.replace(**{"train.seed": cfg.train.seed + k}) for k in range(sweep.repeats)]
+    run_repeated(lambda c, r, res: train(c, r, runtime, resume=res), cfgs, reporter.report, sweep.base_metric,
+                 sweep.mode, resume=Path(resume) if resume else None)
 
 
 class ScoreOnComplete(tune.Callback):
@@ -164,6 +183,13 @@ def submit(actor, trial_id, config, found, stage, method, swept, metric, mode, r
 
     selection = {"selection_metric": metric, "selection_mode": mode, "selection_value": number(metric),
                  "val_loss": number("val_loss")}
+    base = metric.removesuffix("_robust")
+    if base != metric:  # a trial of several seeds (sweep/repeats.py): their mean and spread
+        selection.update(selection_mean=number(f"{base}_mean"), selection_std=number(f"{base}_std"),
+                         repeats=number("repeats"))
+    for cost_metric in cost_meter.COST_METRICS.values():
+        if cost_metric in metrics:  # a multi-objective stage's second objective
+            selection.update(cost_metric=cost_metric, cost_value=number(cost_metric))
     return actor.score.remote(trial_id, stage, method, path, selection, params, int(config.get("train.seed", 0)),
                               reseed_of, trial_dir)
 
@@ -171,14 +197,17 @@ def submit(actor, trial_id, config, found, stage, method, swept, metric, mode, r
 def run_stage(name: str, stage: StageSpace, out: str, fixed: dict, actor, actor_name: str, cpus_per_trial: float,
               max_concurrent: int, resume: bool, trials: int | None = None, param_space: dict | None = None,
               reseed_of: str = "", row_stage: str = "", workers: int = 1, gpus_per_worker: float = 0.0,
-              trackers: tuple = ()) -> list[dict]:
+              trackers: tuple = (), warm=None,
+              time_budget_s: float | None = None) -> list[dict]:
     """Run (or resume) one stage's Tune experiment in `out/name` (`out`: a path or an object-store
     URI, through storage.ray_storage) and wait until every completed trial is on the leaderboard.
     -> the stage's leaderboard rows (errored and failed ones included: see leaderboard.is_ok).
     `param_space` replaces the search (used to re-run one config with other seeds; its rows are
     labelled `row_stage`). The search's Optuna study is kept in the sweep directory (on object
     storage: in storage.driver_dir; sweep/optuna_storage.py); `trackers`: mlflow, wandb
-    (sweep/trackers.py)."""
+    (sweep/trackers.py); `warm`: the earlier sweep's configs and trials that seed the search
+    (a warm_start.WarmStage);
+    `time_budget_s`: the stage stops there with what it has (the sweep's --budget)."""
     row_stage = row_stage or name
     settings = TrialSettings(stage, dict(fixed), cpus_per_trial, workers, gpus_per_worker,
                              train_storage=storage.join(out, f"{name}_train"))
@@ -208,10 +237,17 @@ def run_stage(name: str, stage: StageSpace, out: str, fixed: dict, actor, actor_
                                                        grace_period=sweep.grace_period,
                                                        reduction_factor=sweep.reduction_factor)
                          if sweep.scheduler == "asha" else None)
-            searcher = stage.searcher(storage=optuna_storage.study_storage(out), study_name=name)
-            optuna_storage.name_objective(out, name, metric)
+            # A multi-objective stage (sweep.cost): the searcher optimises quality and cost; Tune's
+            # own metric, which ASHA and the kept checkpoint use, stays the quality objective alone
+            # (the cost is fixed by the architecture, so it cannot change over a trial's epochs).
+            if warm is not None:
+                warm_start.seed_study(optuna_storage.study_storage(out), name, stage, warm)
+            searcher = stage.searcher(storage=optuna_storage.study_storage(out), study_name=name,
+                                      points_to_evaluate=warm.points if warm is not None else None)
+            optuna_storage.name_objective(out, name, stage.sweep.objectives[0])
             tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                          num_samples=trials or sweep.trials, **common)
+                                          num_samples=trials or sweep.trials, time_budget_s=time_budget_s,
+                                          **common)
         else:
             tune_config = tune.TuneConfig(num_samples=1, **common)
         run_config = tune.RunConfig(
