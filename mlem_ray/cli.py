@@ -34,6 +34,9 @@ def _data(args) -> int:
     from .data.ingest import IngestSpec, prepare
     from .data.prepared import write_prepared
 
+    from .outputs import check_output
+
+    check_output(args.out, inputs=[getattr(args, "events", None), getattr(args, "targets", None)])
     common = dict(max_len=args.max_len, min_len=args.min_len, test_fraction=args.test_fraction, seed=args.seed)
     if args.source == "ingest":
         spec = IngestSpec(
@@ -169,6 +172,9 @@ def _embed(args) -> int:
                          "in this process")
     if not str(args.out).endswith(".parquet"):
         raise UsageError(f"--out must end in .parquet, got {args.out}")
+    from .outputs import check_output
+
+    check_output(args.out, inputs=[args.data, args.checkpoint], kind="file")
     seqs = EventSequences.open(args.data)
     encoder, ckpt = load_encoder(args.checkpoint, seqs.schema)
     rows = seqs.indices(*args.split) if args.split else seqs.indices()
@@ -199,6 +205,10 @@ def _sweep(args) -> int:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
     if args.workers_per_trial < 1 or args.gpus_per_worker < 0 or args.eval_gpus < 0:
         raise UsageError("--workers-per-trial must be >= 1, --gpus-per-worker and --eval-gpus >= 0")
+    from .outputs import check_output
+
+    # a sweep never deletes its --out, so --data may lie inside it (OUT/data, as generated)
+    check_output(args.out, inputs=[args.data or None], replaces=False)
     from .sweep.trackers import missing
 
     if missing(args.tracker or []):
@@ -214,14 +224,16 @@ def _sweep(args) -> int:
 
 
 def _report(args) -> int:
+    from . import storage
+    from .outputs import check_output
     from .sweep.report import build_report
 
+    if storage.is_dir(args.sweep_dir):  # the plots go to SWEEP/report: checked before --reseed's work
+        check_output(storage.join(args.sweep_dir, "report"))
     if args.reseed:
         from .sweep.pipeline import reseed_best
 
         reseed_best(args.sweep_dir, seeds=tuple(range(1, args.seeds + 1)), address=args.address)
-    from . import storage
-
     print(build_report(args.sweep_dir))
     print(f"\nplots and report.md in {storage.join(args.sweep_dir, 'report')}")
     return 0
@@ -388,6 +400,14 @@ def main(argv=None) -> int:
         return args.func(args)
     except UserError as e:
         print(f"mlem-ray {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        from .outputs import write_failed
+
+        line = write_failed(e)  # a full, read-only or forbidden destination, midway through a write
+        if line is None:
+            raise
+        print(f"mlem-ray {args.command}: error: {line}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
         print(f"mlem-ray {args.command}: error: {_one_line(e)}", file=sys.stderr)

@@ -157,9 +157,17 @@ def write_bytes(location, data: bytes) -> None:
     if fs.type_name == "local":
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        from .outputs import temp_name
+
+        # A failed write (a full disk) removes its temporary: nothing partial is left beside target.
+        fd, tmp = tempfile.mkstemp(prefix=temp_name(target.name), dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return
     with fs.open_output_stream(path) as f:
         f.write(data)
@@ -266,7 +274,10 @@ def local_copy(location, by_content: bool = False) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    from .outputs import remove_stale, temp_name
+
+    remove_stale(target)  # a killed download's leftovers
+    tmp = Path(tempfile.mkdtemp(prefix=temp_name(target.name), dir=target.parent))
     try:
         download(location, tmp)
         try:

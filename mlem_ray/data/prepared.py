@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import filecmp
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -120,7 +119,10 @@ class PreparedWriter:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         if self.out.exists() and not self.out.is_dir():
             raise DataError(f"--out {self.out} is a file, not a directory")
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        from ..outputs import remove_stale, temp_name
+
+        remove_stale(self.out)  # temporaries of a killed earlier write into the same place
+        self.tmp = Path(tempfile.mkdtemp(prefix=temp_name(self.out.name), dir=self.out.parent))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -155,7 +157,9 @@ class PreparedWriter:
             if not self.overwrite:
                 what = "a different prepared data set" if (out / "schema.json").exists() else "other files"
                 raise DataError(f"--out {out} already holds {what}; pass --overwrite to replace it or pick another directory")
-            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+            from ..outputs import temp_name
+
+            trash = out.with_name(temp_name(out.name, "old") + "0")
             out.rename(trash)
             tmp.rename(out)
             shutil.rmtree(trash, ignore_errors=True)

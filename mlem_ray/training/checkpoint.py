@@ -36,7 +36,10 @@ def save_checkpoint(path, config: Config, schema: Schema, encoder_state: dict, o
     """Write atomically (temp sibling + rename): a crash never leaves a half-written checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    from ..outputs import remove_stale, temp_name
+
+    remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_name(path.name), dir=path.parent))
     try:
         torch.save({"format": FORMAT, "encoder": encoder_state, "objective": objective_state,
                     "trainer": trainer_state}, tmp / "model.pt")

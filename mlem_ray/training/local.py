@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -61,10 +62,14 @@ def _replace(target: Path, source: Path, copy: bool) -> None:
     staging = target.with_name(f".{target.name}.new")
     if staging.exists():
         shutil.rmtree(staging)
-    if copy:
-        shutil.copytree(source, staging)
-    else:
-        shutil.move(str(source), staging)
+    try:
+        if copy:
+            _copy_tree(source, staging)
+        else:
+            shutil.move(str(source), staging)
+    except BaseException:  # a full disk midway: no half-copied staging left in the run directory
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     old = target.with_name(f".{target.name}.old")
     if target.exists():
         if old.exists():
@@ -73,3 +78,13 @@ def _replace(target: Path, source: Path, copy: bool) -> None:
     staging.rename(target)
     if old.exists():
         shutil.rmtree(old)
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """shutil.copytree, but the first failed copy raises its own OSError (a full disk: ENOSPC, which
+    the CLI reports as one line) instead of copytree's shutil.Error that collects them as text."""
+    for dirpath, _, filenames in os.walk(source):
+        rel = Path(dirpath).relative_to(source)
+        (target / rel).mkdir(parents=True, exist_ok=True)
+        for name in filenames:
+            shutil.copy2(Path(dirpath) / name, target / rel / name)

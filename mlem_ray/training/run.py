@@ -121,7 +121,12 @@ def resumed_config(job: PretrainJob, target: str) -> Config:
 
 
 def check_out(target: str, cfg: Config) -> None:
-    """The one place a run's --out is checked before any work starts."""
+    """The one place a run's --out is checked before any work starts: writable, not under a file,
+    neither the data set nor the teacher nor inside them (--overwrite would delete them), and the
+    stale temporaries of killed runs there removed. (The resume checkpoint lies inside --out.)"""
+    from ..outputs import check_output
+
+    check_output(target, inputs=[cfg.data.path, cfg.objective.teacher or None])
     try:
         storage.check_writable(target)
     except storage.StorageError as e:
