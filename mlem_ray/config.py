@@ -147,6 +147,10 @@ class TrainConfig:
     # stay on it in between, so a GPU step never waits for the host (training/window.py). A
     # non-finite loss is still found at its exact step, at the next read.
     sync_every: int = 50
+    # none | inductor: torch.compile the objective's forward (and so its backward), with dynamic
+    # shapes (a batch pads to its longest row). Opt-in: the first steps pay the compilation (about a
+    # minute on 2 CPU cores for a tiny transformer), which only long GPU runs earn back.
+    compile: str = "none"
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler); training/accel.py
     prefetch: int = 0  # batches built ahead of the step in a background thread (0: built in the step)
     loader_workers: int = 0  # DataLoader worker processes building batches (0: in the training process)
@@ -158,6 +162,7 @@ class TrainConfig:
             raise ConfigError("train.budget_cpu_s and train.budget_steps must be >= 0")
         _choice(self, "device", ("auto", "cpu", "cuda"))
         _choice(self, "precision", ("fp32", "bf16", "fp16"))
+        _choice(self, "compile", ("none", "inductor"))
         if min(self.steps_per_epoch, self.threads, self.prefetch, self.loader_workers, self.val_size) < 0:
             raise ConfigError("train.steps_per_epoch, threads, prefetch, loader_workers and val_size must be >= 0")
 
