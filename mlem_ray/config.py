@@ -140,8 +140,10 @@ class TrainConfig:
     # rows): a subset fixed by the data set alone (seeded from its schema fingerprint, not from
     # train.seed), so every epoch, every trial of a sweep and a resumed run validate on the same
     # rows, whatever their seeds. val_loss picks best/ and may rank a sweep; 4,096 is enough to rank
-    # by: on the 200k-sequence set, disjoint 4,096-subsets' val_loss differ far less than two
-    # configs a sweep compares (benchmarks/val_subset.py; figures in the README).
+    # by: the subset's mean has a standard error of 1/64 of the per-sequence spread, and since every
+    # trial is scored on the same rows, what two trials' difference sees is only the smaller part of
+    # it that differs between them (benchmarks/val_subset.py measures subset spread against the gap
+    # between two configs).
     val_size: int = 4096
     # Steps between reads of the loss from the device: the finiteness check and the metric sums
     # stay on it in between, so a GPU step never waits for the host (training/window.py). A
