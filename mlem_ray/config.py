@@ -140,13 +140,20 @@ class TrainConfig:
     # rows): a subset fixed by the data set alone (seeded from its schema fingerprint, not from
     # train.seed), so every epoch, every trial of a sweep and a resumed run validate on the same
     # rows, whatever their seeds. val_loss picks best/ and may rank a sweep; 4,096 is enough to rank
-    # by: on the 200k-sequence set, disjoint 4,096-subsets' val_loss differ far less than two
-    # configs a sweep compares (benchmarks/val_subset.py; figures in the README).
+    # by: the subset's mean has a standard error of 1/64 of the per-sequence spread, and since every
+    # trial is scored on the same rows, what two trials' difference sees is only the smaller part of
+    # it that differs between them. Measured on the 200k set (benchmarks/val_subset.py, CoLES, 40
+    # steps, model.hidden 64 vs 128): three disjoint 4,096-subsets' val_loss spread by std 0.69 and
+    # 0.36 against a gap of 20.9 between the configs (0.033 of it), the same order on all three.
     val_size: int = 4096
     # Steps between reads of the loss from the device: the finiteness check and the metric sums
     # stay on it in between, so a GPU step never waits for the host (training/window.py). A
     # non-finite loss is still found at its exact step, at the next read.
     sync_every: int = 50
+    # none | inductor: torch.compile the objective's forward (and so its backward), with dynamic
+    # shapes (a batch pads to its longest row). Opt-in: the first steps pay the compilation (about a
+    # minute on 2 CPU cores for a tiny transformer), which only long GPU runs earn back.
+    compile: str = "none"
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler); training/accel.py
     prefetch: int = 0  # batches built ahead of the step in a background thread (0: built in the step)
     loader_workers: int = 0  # DataLoader worker processes building batches (0: in the training process)
@@ -158,6 +165,7 @@ class TrainConfig:
             raise ConfigError("train.budget_cpu_s and train.budget_steps must be >= 0")
         _choice(self, "device", ("auto", "cpu", "cuda"))
         _choice(self, "precision", ("fp32", "bf16", "fp16"))
+        _choice(self, "compile", ("none", "inductor"))
         if min(self.steps_per_epoch, self.threads, self.prefetch, self.loader_workers, self.val_size) < 0:
             raise ConfigError("train.steps_per_epoch, threads, prefetch, loader_workers and val_size must be >= 0")
 

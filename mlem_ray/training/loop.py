@@ -154,7 +154,7 @@ class Recipe:
         self.objective = build_training_objective(cfg, self.seqs, self.max_len, runtime.device, inputs.teacher)
         self.kind = self.objective.batch_kind
         self._build_data()
-        self.model = runtime.prepare_model(self.objective)
+        self.model = _compiled(runtime.prepare_model(self.objective), cfg.train.compile)
         # Every rank built the same initial weights from train.seed; from here on randomness (dropout)
         # should differ between ranks, or they all drop the same units. Rank 0 keeps its stream, so a
         # single-process run is unchanged.
@@ -419,6 +419,18 @@ def build_training_objective(cfg: Config, seqs: EventSequences, max_len: int, de
         teacher_encoder = saved_encoder(teacher or load_checkpoint(cfg.objective.teacher), device)
     train_targets = seqs.targets[seqs.indices("train")] if seqs.targets is not None else None
     return build_objective(cfg, seqs.schema, max_len, teacher_encoder, train_targets).to(device)
+
+
+# train.compile -> torch.compile backend (tests swap in a backend that compiles in seconds on CPU).
+COMPILE_BACKENDS = {"inductor": "inductor"}
+
+
+def _compiled(model: nn.Module, how: str) -> nn.Module:
+    """The module the steps call: `model` itself, or compiled. Weights and checkpoints stay the
+    objective's own (the compiled wrapper shares its parameters)."""
+    if how == "none":
+        return model
+    return torch.compile(model, backend=COMPILE_BACKENDS[how], dynamic=True)
 
 
 def _lr_lambda(cfg: Config, total_steps: int):
