@@ -117,3 +117,72 @@ def test_trials_per_gpu_flag_values():
     for bad in ("-1", "two", "0.5"):
         with pytest.raises(SweepError, match="positive integer or auto"):
             parse_trials_per_gpu(bad)
+
+
+# ---------- the sweep's packing step, with the probe's figures injected ----------
+
+
+def _session(tmp_path, trials_per_gpu: str, cluster):
+    from mlem_ray.sweep.pipeline import SweepJob, _Session, resource_request
+
+    settings = SweepJob(out=str(tmp_path), trials_per_gpu=trials_per_gpu)
+    return _Session(str(tmp_path), settings, None, plan(cluster, resource_request(settings, 16)))
+
+
+def _inject(monkeypatch, cluster, peak_bytes, rates):
+    from mlem_ray.sweep import probe, resources
+
+    calls = []
+
+    def fake_probe(overrides, method, ks, stop_gain=None, **kw):
+        calls.append(list(ks))
+        assert overrides["model.hidden"] == 64 and overrides["optim.lr"] == 1e-3  # sizes high, the rest low
+        return {k: {"aggregate_sequences_per_s": rates[k], "peak_bytes": peak_bytes,
+                    "gpu_total_bytes": cluster.gpu_memory_bytes} for k in ks}
+
+    monkeypatch.setattr(probe, "probe_on_gpu", fake_probe)
+    monkeypatch.setattr(resources.Cluster, "from_ray", classmethod(lambda cls, gpu_memory_bytes=0.0: Cluster(
+        cluster.nodes, gpu_memory_bytes)))
+    return calls
+
+
+def _stage():
+    from mlem_ray.sweep.space import SearchSpace
+
+    doc = {"method": "coles", "sweep": {"trials": 16, "epochs": 1},
+           "params": {"model.hidden": {"type": "int", "low": 16, "high": 64}, "data.batch_size": 16,
+                      "optim.lr": {"type": "log_float", "low": 1e-3, "high": 1e-1}}}
+    return next(iter(SearchSpace.from_dict(doc).stages.values()))
+
+
+def test_the_sweep_measures_a_trial_before_packing_and_refuses_a_k_that_does_not_fit(tmp_path, monkeypatch):
+    from mlem_ray.sweep.pipeline import _packing_plan
+
+    cluster = Cluster.of(32, gpus=1, gpu_memory_bytes=80 * GIB)
+    calls = _inject(monkeypatch, cluster, 12 * GIB, {1: 1000.0})
+    session = _session(tmp_path, "8", Cluster.of(32, gpus=1))
+    with pytest.raises(ResourceError, match=r"--trials-per-gpu 8: .* peaks at 12.00 GiB .*at most 6 fit"):
+        _packing_plan(session, "coles", _stage(), {"data.path": "x"}, 16)
+    assert calls == [[1]]  # one trial measured alone, before any packing
+    session = _session(tmp_path, "4", Cluster.of(32, gpus=1))
+    p = _packing_plan(session, "coles", _stage(), {"data.path": "x"}, 16)
+    assert p.trials_per_gpu == 4 and p.max_concurrent == 4 and p.eval_actors == session.plan.eval_actors
+    import json
+
+    assert json.loads((tmp_path / "gpu_probe_coles.json").read_text())["trials_per_gpu"] == 4
+
+
+def test_auto_picks_k_from_the_measured_memory_and_throughput(tmp_path, monkeypatch):
+    from mlem_ray.sweep.pipeline import _packing_plan
+
+    cluster = Cluster.of(32, gpus=1, gpu_memory_bytes=80 * GIB)
+    # memory allows 3 per GPU: 1 and 2 are measured, 4 is not
+    calls = _inject(monkeypatch, cluster, 24 * GIB, {1: 1000.0, 2: 1900.0})
+    assert _packing_plan(_session(tmp_path, "auto", Cluster.of(32, gpus=1)), "coles", _stage(), {}, 16
+                         ).trials_per_gpu == 2
+    assert calls == [[1], [2]]
+    # plenty of memory; throughput stops growing past 4
+    calls = _inject(monkeypatch, cluster, 1 * GIB, {1: 1000.0, 2: 1900.0, 4: 3500.0, 8: 3600.0})
+    assert _packing_plan(_session(tmp_path, "auto", Cluster.of(32, gpus=1)), "coles", _stage(), {}, 16
+                         ).trials_per_gpu == 4
+    assert calls == [[1], [2, 4, 8]]
