@@ -186,3 +186,13 @@ def test_auto_picks_k_from_the_measured_memory_and_throughput(tmp_path, monkeypa
     assert _packing_plan(_session(tmp_path, "auto", Cluster.of(32, gpus=1)), "coles", _stage(), {}, 16
                          ).trials_per_gpu == 4
     assert calls == [[1], [2, 4, 8]]
+
+
+def test_a_one_worker_gpu_trial_runs_inline_on_its_share_and_only_more_workers_use_ray_train():
+    from mlem_ray.sweep.tuner import TrialSettings
+
+    inline = TrialSettings(stage=None, fixed={}, cpus_per_trial=0.25, workers=1, gpus_per_worker=0.125)
+    assert not inline.distributed and inline.resources() == {"cpu": 0.25, "gpu": 0.125}
+    assert TrialSettings(None, {}, 2.0).resources() == {"cpu": 2.0}  # a CPU trial as before
+    train = TrialSettings(None, {}, 1.0, workers=2, gpus_per_worker=1.0)
+    assert train.distributed and train.resources() == {"cpu": 0.5}  # its workers hold the GPUs

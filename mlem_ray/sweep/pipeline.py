@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -348,13 +349,17 @@ def _packing_plan(session: _Session, name: str, stage: StageSpace, fixed: dict, 
     if not asked:
         return session.plan
     overrides = probe.largest_config(stage, fixed)  # on the trials' device (fixed)
-    first = probe.probe_on_gpu(overrides, stage.method, [1])[1]
+    # One GPU, less the average share the evaluation actors hold on each: what K trials get.
+    plan, gpus = session.plan, resources.Cluster.from_ray().gpus
+    share = 1.0 if not plan.actor_gpus else max(0.01, math.floor(100 * (1 - min(1.0, plan.eval_actors * plan.actor_gpus
+                                                                                 / max(gpus, 1.0)))) / 100)
+    first = probe.probe_on_gpu(overrides, stage.method, [1], gpus=share)[1]
     cluster = resources.Cluster.from_ray(gpu_memory_bytes=first["gpu_total_bytes"])
     measured = {1: first}
     if asked == "auto":
         ks = resources.auto_candidates(cluster, first["peak_bytes"])
         if len(ks) > 1:
-            measured.update(probe.probe_on_gpu(overrides, stage.method, ks[1:], stop_gain=1.1))
+            measured.update(probe.probe_on_gpu(overrides, stage.method, ks[1:], stop_gain=1.1, gpus=share))
         k = resources.choose_trials_per_gpu({k: m["aggregate_sequences_per_s"] for k, m in measured.items()})
     else:
         k = asked
@@ -367,9 +372,9 @@ def _packing_plan(session: _Session, name: str, stage: StageSpace, fixed: dict, 
                        json.dumps({"trials_per_gpu": k, "asked": asked, "gpu_total_bytes": first["gpu_total_bytes"],
                                    "measured": figures}, indent=1))
     rates = ", ".join(f"K={k_}: {m['aggregate_sequences_per_s']:.0f} seq/s" for k_, m in measured.items())
-    print(f"stage {name}: a trial peaks at {first['peak_bytes'] / 2**30:.2f} GiB of the GPU's "
-          f"{first['gpu_total_bytes'] / 2**30:.1f} GiB; {rates}; {k} trials per GPU -> {stage_plan.describe()}",
-          flush=True)
+    memory = (f"a trial peaks at {first['peak_bytes'] / 2**30:.2f} GiB of the GPU's {first['gpu_total_bytes'] / 2**30:.1f} GiB"
+              if first["gpu_total_bytes"] else "no GPU memory measured (the space pins train.device)")
+    print(f"stage {name}: {memory}; {rates}; {k} trials per GPU -> {stage_plan.describe()}", flush=True)
     return stage_plan
 
 

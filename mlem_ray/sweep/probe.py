@@ -143,12 +143,15 @@ def run_side_by_side(overrides: dict, method: str, k: int, warmup: int = 3, step
 
 
 def probe_on_gpu(overrides: dict, method: str, ks, warmup: int = 3, steps: int = 10, cpus: float = 1.0,
-                 stop_gain: float | None = None) -> dict[int, dict]:
-    """`run_side_by_side` for each K in `ks` (in order) in a Ray task that holds one whole GPU.
-    `stop_gain`: stop once doubling K gained less than that factor (auto's search)."""
+                 stop_gain: float | None = None, gpus: float = 1.0, timeout_s: float = 600.0) -> dict[int, dict]:
+    """`run_side_by_side` for each K in `ks` (in order) in a Ray task that holds `gpus` of one GPU
+    (all of it, or what the evaluation actors leave: the trials' share). `stop_gain`: stop once
+    doubling K gained less than that factor (auto's search)."""
     import ray
 
-    @ray.remote(num_gpus=1, num_cpus=cpus)
+    from ..errors import ResourceError
+
+    @ray.remote(num_gpus=gpus, num_cpus=cpus)
     def on_one_gpu(overrides, method, ks, warmup, steps, stop_gain):
         found, last = {}, None
         for k in ks:
@@ -159,7 +162,13 @@ def probe_on_gpu(overrides: dict, method: str, ks, warmup: int = 3, steps: int =
             last = rate
         return found
 
-    return ray.get(on_one_gpu.remote(overrides, method, list(ks), warmup, steps, stop_gain))
+    ref = on_one_gpu.remote(overrides, method, list(ks), warmup, steps, stop_gain)
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise ResourceError(f"the GPU memory probe got no {gpus:g} of a GPU within {timeout_s:.0f} s (the evaluation "
+                            "actors' --eval-gpus shares may fill every GPU); use a smaller --eval-gpus") from None
 
 
 def _main(argv: list[str]) -> int:
