@@ -205,6 +205,11 @@ def _sweep(args) -> int:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
     if args.workers_per_trial < 1 or args.gpus_per_worker < 0 or args.eval_gpus < 0:
         raise UsageError("--workers-per-trial must be >= 1, --gpus-per-worker and --eval-gpus >= 0")
+    if args.eval_actors is not None and args.eval_actors < 1:
+        raise UsageError(f"--eval-actors must be at least 1, got {args.eval_actors}")
+    from .sweep.resources import parse_trials_per_gpu
+
+    trials_per_gpu = parse_trials_per_gpu(args.trials_per_gpu)  # refuses a bad K before Ray starts
     from .outputs import check_output
 
     # a sweep never deletes its --out, so --data may lie inside it (OUT/data, as generated)
@@ -216,7 +221,8 @@ def _sweep(args) -> int:
     settings = SweepJob(out=str(args.out), data=str(args.data or ""), space=str(args.space or ""),
                         trials=args.trials or 0, methods=list(_csv_list(args.methods)),
                         gpus_per_worker=args.gpus_per_worker, workers_per_trial=args.workers_per_trial,
-                        sequences=args.sequences, eval_gpus=args.eval_gpus,
+                        sequences=args.sequences, eval_gpus=args.eval_gpus, eval_actors=args.eval_actors or 0,
+                        trials_per_gpu=str(trials_per_gpu or ""),
                         trackers=list(dict.fromkeys(args.tracker or [])), warm_start=str(args.warm_start or ""),
                         budget=str(args.budget or ""))
     run_sweep(settings, address=args.address, resume=args.resume)
@@ -363,7 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DDP workers per trial; > 1 runs each trial as a Ray Train TorchTrainer (default %(default)s: inline)")
     q.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per trial worker (default %(default)s: CPU)")
     q.add_argument("--eval-gpus", type=float, default=0.0,
-                   help="GPU share the evaluation actor holds to embed checkpoints (default %(default)s: CPU)")
+                   help="GPU share each evaluation actor holds to embed checkpoints (default %(default)s: CPU)")
+    q.add_argument("--eval-actors", type=int,
+                   help="evaluation actors scoring finished trials side by side, each reserving one CPU (and "
+                        "--eval-gpus) out of what trials get (default: as many as the CPUs the trials leave allow, "
+                        "at least 1)")
+    q.add_argument("--trials-per-gpu", metavar="K|auto",
+                   help="pack K one-worker trials on each GPU, each with 1/K of it and a share of the node's CPUs; "
+                        "a K whose measured peak GPU memory does not fit is refused; auto picks K from the measured "
+                        "memory and throughput (default: no packing, each trial holds --gpus-per-worker)")
     q.add_argument("--sequences", type=int, default=2000, help="Pendulum size when no --data is given (default %(default)s)")
     q.add_argument("--tracker", action="append", choices=["mlflow", "wandb"],
                    help="also log every trial, with its downstream scores, to MLflow (a SQLite store OUT/mlflow.db "

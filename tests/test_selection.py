@@ -120,7 +120,9 @@ def test_leaderboard_append_is_atomic_and_reads_back(tmp_path):
     board = leaderboard.append(tmp_path, board, ROWS[1])
     again = leaderboard.read(tmp_path)
     assert list(again["trial_id"]) == ["a", "b"]
-    assert [p.name for p in tmp_path.iterdir()] == [leaderboard.FILE]  # no temp file left
+    # one row object per trial beside the snapshot, and no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [leaderboard.FILE, leaderboard.ROWS]
+    assert sorted(p.name for p in (tmp_path / leaderboard.ROWS).iterdir()) == ["a.json", "b.json"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
-"""The shared evaluation actor: one per sweep, it scores finished trials' best checkpoints
-downstream and keeps the leaderboard.
+"""The evaluation actors: a pool of them per sweep (`EvaluatorPool`), each scoring finished trials'
+best checkpoints downstream, all appending to the one leaderboard.
 
-- Work arrives from a Tune callback as `score` calls; a plain (sync) actor runs them one at a time,
-  so they queue in the actor's mailbox.
-- Every result is appended to the leaderboard (evaluation/leaderboard.py; written to a temp file
-  and renamed) *before* the call returns, and written to TensorBoard next to the trial.
+- Work arrives from a Tune callback as `score` calls, sent to the pool's least busy actor (and a
+  trial already sent somewhere back to that same actor, so a re-submitted call queues behind the
+  first); an actor runs its calls one at a time, so they queue in its mailbox.
+- Every result is appended to the leaderboard (evaluation/leaderboard.py: one row object per
+  trial, then the snapshot) *before* the call returns, and written to TensorBoard next to the
+  trial. Before scoring, an actor looks for the trial's row, its own or another actor's: a trial
+  is scored once, whichever actor is asked.
 - A scoring that raises (NaN embeddings, a probe that cannot fit) is a row with status failed and
   the reason: the call returns, the stage goes on, and the trial is not scored again. A trial that
   itself errored gets a row with status errored (`record_error`), replaced if it is later re-run
@@ -13,7 +16,10 @@ downstream and keeps the leaderboard.
   had not finished (`max_task_retries`, a few times: a call that kills the process every time
   must not loop forever). An exception raised by a call is never retried (Ray's default
   `retry_exceptions=False` for actor methods; tests/test_faults.py checks both). The new instance
-  reloads the leaderboard, so a row is never lost and a trial is never scored twice.
+  reloads the leaderboard, so a row is never lost and a trial is never scored twice. The other
+  actors of the pool go on meanwhile (tests/test_eval_pool.py).
+- The aggregates baseline is scored by one actor of the pool only (`baseline_owner`), the one
+  that gets the first trial.
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ class Evaluator:
     def __init__(self, sweep_dir, data_path, folds: int = 5, seed: int = 0, tree_iters: int = 300,
                  robustness: bool = False, threads: int = 0, device: str = "cpu", aggregates: bool = True,
                  probe_size: int = DEFAULT_PROBE_SIZE, test_size: int = DEFAULT_TEST_SIZE,
-                 quality_size: int = DEFAULT_QUALITY_SIZE):
+                 quality_size: int = DEFAULT_QUALITY_SIZE, baseline_owner: bool = True):
         self.sweep_dir = str(sweep_dir)  # a path or an object-store URI (storage.py)
         self.data_path = str(data_path)
         self.folds, self.seed, self.tree_iters, self.robustness = folds, seed, tree_iters, robustness
@@ -45,9 +51,12 @@ class Evaluator:
         # The aggregate-features baseline: scored once per sweep (one data set), and every trial's
         # embedding is also scored concatenated with it (tree probe, `with_aggregates_*` columns).
         self.aggregates = aggregates
+        # In a pool one actor scores it: N copies of the same (large) fit would be N-fold waste.
+        self.baseline_owner = baseline_owner
         self.baseline = leaderboard.read_baseline(self.sweep_dir)
         self.board = leaderboard.read(self.sweep_dir)
         self.restored_rows = len(self.board)
+        self.scored = 0  # scorings this process ran (not rows found done)
         # Scores run one at a time; the lock lets info() and rows() answer while a score is running.
         self._scoring = threading.Lock()
         self._seqs = None
@@ -61,15 +70,23 @@ class Evaluator:
             self._seqs = EventSequences.open(self.data_path)
         return self._seqs
 
+    def _on_board(self, trial_id: str) -> dict | None:
+        """The trial's row: this actor's view, unless it is missing or only says the trial
+        errored; then the row object another actor of the pool (or an earlier process) may have
+        written since this one loaded the board."""
+        mine = None
+        if not self.board.empty:
+            hit = self.board[self.board["trial_id"] == trial_id]
+            mine = hit.iloc[0].to_dict() if len(hit) else None
+        if mine is not None and mine.get("status") != leaderboard.ERRORED:
+            return mine
+        found = leaderboard.read_row(self.sweep_dir, trial_id)
+        return found if found is not None else mine
+
     def _done(self, trial_id: str) -> dict | None:
         """The trial's row, unless it only says the trial errored (a re-run may score it yet)."""
-        if self.board.empty:
-            return None
-        hit = self.board[self.board["trial_id"] == trial_id]
-        if not len(hit):
-            return None
-        row = hit.iloc[0].to_dict()
-        return None if row.get("status") == leaderboard.ERRORED else row
+        row = self._on_board(trial_id)
+        return None if row is None or row.get("status") == leaderboard.ERRORED else row
 
     def _add(self, row: dict) -> None:
         """Append `row`, replacing an errored row of the same trial."""
@@ -83,9 +100,9 @@ class Evaluator:
         """A row saying the trial errored and why (the report lists it); a trial already on the
         board is left as it is."""
         with self._scoring:
-            hit = self.board[self.board["trial_id"] == trial_id] if not self.board.empty else self.board
-            if len(hit):
-                return hit.iloc[0].to_dict()
+            found = self._on_board(trial_id)
+            if found is not None:
+                return found
             row = {"trial_id": trial_id, "stage": stage, "method": method, "checkpoint": "",
                    "params": json.dumps(params, sort_keys=True, default=str), "seed": int(seed),
                    "reseed_of": reseed_of, "scored_at": time.time(), "status": leaderboard.ERRORED,
@@ -107,10 +124,11 @@ class Evaluator:
             return done
         from threadpoolctl import threadpool_limits
 
+        self.scored += 1
         try:
             with threadpool_limits(self.threads or cpu_share()):
                 result = self._evaluate(checkpoint)
-                if self.aggregates and self.baseline is None:
+                if self.aggregates and self.baseline_owner and self.baseline is None:
                     self.baseline = self._score_baseline()
             metric, mode = leaderboard.downstream_metric(result["task"])
             status, error = leaderboard.OK, ""
@@ -174,16 +192,18 @@ class Evaluator:
             hparams.write_session(local, hparams.session_hparams(params, row["stage"], row["method"]),
                                   hparams.session_metrics(row), group=row["reseed_of"] or row["trial_id"])
         with _writable(storage.join(self.sweep_dir, "tensorboard_leaderboard")) as local, SummaryWriter(local) as w:
-            step = len(self.board)
+            step = len(storage.listdir(storage.join(self.sweep_dir, leaderboard.ROWS)))  # rows of the whole pool
             w.add_scalar(f"leaderboard/{row['stage']}/{row['primary_metric']}", row["primary_value"], step)
             w.add_text("leaderboard/trial", f"{row['stage']} {row['trial_id']} {row['method']}: "
                        f"{row['primary_metric']}={row['primary_value']:.4g}", step)
 
     def rows(self) -> list[dict]:
-        return self.board.to_dict("records")
+        """Every row of the sweep (the whole pool's)."""
+        return leaderboard.read(self.sweep_dir).to_dict("records")
 
     def info(self) -> dict:
-        return {"pid": os.getpid(), "rows": len(self.board), "restored_rows": self.restored_rows}
+        return {"pid": os.getpid(), "rows": len(self.board), "restored_rows": self.restored_rows,
+                "scored": self.scored}
 
 
 def cpu_share() -> int:
@@ -216,6 +236,110 @@ def get_or_create_actor(sweep_dir, data_path, name: str, cpus: float = 0.0, gpus
     return actor_cls.options(name=name, namespace="mlem_ray", get_if_exists=True, num_cpus=cpus, num_gpus=gpus,
                              **ACTOR_OPTIONS).remote(str(sweep_dir), str(data_path),
                                                      device="cuda" if gpus > 0 else "cpu", **kwargs)
+
+
+def pool_names(first: str, count: int) -> list[str]:
+    """The actors' names: the first is the sweep's evaluator name as it always was (a resumed or
+    older driver finds it), the others `<first>-1`, `<first>-2`, ..."""
+    return [first] + [f"{first}-{i}" for i in range(1, count)]
+
+
+def get_or_create_pool(sweep_dir, data_path, first_name: str, count: int, cpus: float = 0.0, gpus: float = 0.0,
+                       **kwargs) -> "EvaluatorPool":
+    """`count` named evaluation actors, each holding `cpus` CPUs and `gpus` of a GPU; the first
+    scores the aggregates baseline."""
+    names = pool_names(first_name, max(1, count))
+    actors = [get_or_create_actor(sweep_dir, data_path, n, cpus=cpus, gpus=gpus, baseline_owner=(i == 0), **kwargs)
+              for i, n in enumerate(names)]
+    return EvaluatorPool(names, actors)
+
+
+class EvaluatorPool:
+    """The driver's side of the pool: which actor scores which trial.
+
+    A trial goes to the actor with the fewest calls still running (ties: the first actor, so the
+    first trial reaches the baseline's owner), and a trial sent before goes back to the same
+    actor: its second call queues behind the first and returns the row the first wrote, so a
+    driver that re-submits every finished trial (tuner.run_stage) waits for each without scoring
+    any twice. The Tune callback and the stage's driver code share one pool per set of names in
+    this process (`shared`)."""
+
+    _shared: dict[tuple, "EvaluatorPool"] = {}
+
+    def __init__(self, names: list[str], actors: list | None = None):
+        self.names = list(names)
+        self._actors = list(actors) if actors is not None else None
+        self._assigned: dict[str, int] = {}  # trial id -> index of its actor
+        self._pending: list[list] = [[] for _ in self.names]  # refs not known to be finished
+        self._lock = threading.Lock()  # the callback and the driver may submit from two threads
+        EvaluatorPool._shared[tuple(self.names)] = self
+
+    @classmethod
+    def shared(cls, names) -> "EvaluatorPool":
+        """This process's pool over `names` (found again by a restored Tune callback)."""
+        key = tuple([names] if isinstance(names, str) else names)
+        return cls._shared.get(key) or cls(list(key))
+
+    @classmethod
+    def of(cls, actor, names) -> "EvaluatorPool":
+        """A pool from what a caller holds: a pool as it is, or one actor handle and its name."""
+        if isinstance(actor, EvaluatorPool):
+            return actor
+        key = [names] if isinstance(names, str) else list(names)
+        pool = cls._shared.get(tuple(key))
+        if pool is None or pool._actors is None:
+            pool = cls(key, [actor] if len(key) == 1 else None)
+        return pool
+
+    @property
+    def actors(self) -> list:
+        if self._actors is None:
+            import ray
+
+            self._actors = [ray.get_actor(n, namespace="mlem_ray") for n in self.names]
+        return self._actors
+
+    def _choose(self, trial_id: str) -> int:
+        import ray
+
+        if trial_id in self._assigned:
+            return self._assigned[trial_id]
+        for i, refs in enumerate(self._pending):
+            if refs:
+                _, running = ray.wait(refs, num_returns=len(refs), timeout=0)
+                self._pending[i] = running
+        index = min(range(len(self.names)), key=lambda i: (len(self._pending[i]), i))
+        self._assigned[trial_id] = index
+        return index
+
+    def score(self, trial_id: str, *args):
+        """Evaluator.score on the trial's actor. -> its ObjectRef."""
+        with self._lock:
+            index = self._choose(trial_id)
+            ref = self.actors[index].score.remote(trial_id, *args)
+            self._pending[index].append(ref)
+        return ref
+
+    def record_error(self, trial_id: str, *args):
+        with self._lock:
+            index = self._choose(trial_id)
+            return self.actors[index].record_error.remote(trial_id, *args)
+
+    def info(self, timeout_s: float = 60.0) -> list[dict]:
+        import ray
+
+        return ray.get([a.info.remote() for a in self.actors], timeout=timeout_s)
+
+    def baseline_scores(self):
+        """The baseline owner's answer (an ObjectRef)."""
+        return self.actors[0].baseline_scores.remote()
+
+    def kill(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        EvaluatorPool._shared.pop(tuple(self.names), None)
 
 
 # Restart the process whenever it dies; retry a call the dead process had not finished a few times

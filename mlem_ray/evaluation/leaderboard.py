@@ -3,6 +3,15 @@ and choosing the best row. The evaluation actor writes it; the pipeline, the rep
 benchmarks read it through this module only. The sweep dir is a local path or an object-store
 URI: all I/O goes through mlem_ray/storage.py.
 
+Several evaluation actors append at once (one sweep, a pool of actors), on a local disk or in a
+bucket, with no lock: each row is first written as its own object, `leaderboard.rows/<trial>.json`
+(one atomic write: a temp file renamed locally, one PUT on object storage), named by its trial, so
+a trial has one row whoever wrote it and in whatever order (an errored row is replaced by
+overwriting it). `leaderboard.parquet` is a snapshot of all rows, rewritten after every row and
+once more by the driver when a stage's scoring is done; two actors rewriting it at once may leave
+it a row behind until the next rewrite, never with a row lost for `read`, which merges the
+snapshot with the row objects (the truth).
+
 One row per scored trial. Columns:
 
   trial_id, stage, method   which trial (stage: teacher | mlem | compare_<method>)
@@ -38,6 +47,7 @@ import pandas as pd
 from .. import storage
 
 FILE = "leaderboard.parquet"
+ROWS = "leaderboard.rows"  # one JSON object per trial (see the module docstring)
 
 # Bookkeeping columns: every other numeric column is a downstream metric.
 BOOKKEEPING = ("trial_id", "stage", "method", "checkpoint", "params", "seed", "reseed_of", "selection_metric",
@@ -61,17 +71,68 @@ def path(sweep_dir) -> str:
 
 
 def read(sweep_dir) -> pd.DataFrame:
-    """The leaderboard, or an empty frame when nothing has been scored yet."""
+    """The leaderboard, or an empty frame when nothing has been scored yet: the snapshot's rows,
+    each replaced by its trial's row object where one exists, plus the row objects the snapshot
+    lacks, in the order they were scored."""
     p = path(sweep_dir)
-    return pd.read_parquet(io.BytesIO(storage.read_bytes(p))) if storage.exists(p) else pd.DataFrame()
+    snapshot = pd.read_parquet(io.BytesIO(storage.read_bytes(p))) if storage.exists(p) else pd.DataFrame()
+    rows = _row_objects(sweep_dir)
+    if not rows:
+        return snapshot
+    fresh = pd.DataFrame(rows)
+    if len(snapshot) and "trial_id" in snapshot:
+        snapshot = snapshot[~snapshot["trial_id"].isin(set(fresh["trial_id"]))]
+    board = pd.concat([snapshot, fresh], ignore_index=True) if len(snapshot) else fresh
+    if "scored_at" in board:
+        board = board.sort_values("scored_at", kind="stable", na_position="last")
+    return board.reset_index(drop=True)
+
+
+def _row_objects(sweep_dir) -> list[dict]:
+    where = storage.join(sweep_dir, ROWS)
+    names = [n for n in storage.listdir(where) if n.endswith(".json") and not n.startswith(".")]
+    return [json.loads(storage.read_text(storage.join(where, n))) for n in names]
+
+
+def row_location(sweep_dir, trial_id: str) -> str:
+    """Where the row object of `trial_id` lives. Trial ids are file-name safe (Tune's, the tests');
+    anything else is hex-encoded rather than trusted as a path."""
+    text = str(trial_id)
+    safe = text if text and all(c.isalnum() or c in "-_." for c in text) and not text.startswith(".") \
+        else "x" + text.encode().hex()
+    return storage.join(sweep_dir, ROWS, f"{safe}.json")
+
+
+def read_row(sweep_dir, trial_id: str) -> dict | None:
+    """The trial's row as some actor wrote it, or None (a board from before row objects: see read)."""
+    where = row_location(sweep_dir, trial_id)
+    return json.loads(storage.read_text(where)) if storage.exists(where) else None
 
 
 def append(sweep_dir, board: pd.DataFrame, row: dict) -> pd.DataFrame:
-    """`board` plus `row`, written whole (write_atomic), so a reader (or a crash) never sees half a
-    file. -> the new board."""
-    new = pd.concat([board, pd.DataFrame([row])], ignore_index=True) if len(board) else pd.DataFrame([row])
-    write_atomic(new, path(sweep_dir))
-    return new
+    """Write `row` (its trial's row object, replacing an earlier one of the same trial), then the
+    snapshot. -> `board` (the caller's view) with `row` in place of any row of the same trial."""
+    storage.write_text(row_location(sweep_dir, row["trial_id"]), json.dumps(_plain(row), default=str))
+    write_snapshot(sweep_dir)
+    if len(board) and "trial_id" in board:
+        board = board[board["trial_id"] != row["trial_id"]]
+    return pd.concat([board, pd.DataFrame([row])], ignore_index=True) if len(board) else pd.DataFrame([row])
+
+
+def write_snapshot(sweep_dir) -> pd.DataFrame:
+    """Rewrite leaderboard.parquet from every row (see the module docstring). -> the board."""
+    board = read(sweep_dir)
+    if len(board):
+        write_atomic(board, path(sweep_dir))
+    return board
+
+
+def _plain(row: dict) -> dict:
+    """JSON-ready values (numpy scalars as Python ones; NaN stays NaN, which json reads back)."""
+    out = {}
+    for k, v in row.items():
+        out[k] = v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v
+    return out
 
 
 def write_atomic(df: pd.DataFrame, target) -> None:

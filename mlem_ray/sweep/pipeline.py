@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -69,7 +70,9 @@ class SweepJob:
     folds: int = 5
     sequences: int = DEMO_SEQUENCES
     trackers: list = field(default_factory=list)  # mlflow, wandb (sweep/trackers.py)
-    eval_gpus: float = 0.0  # GPU share of the evaluation actor (it embeds on the GPU when > 0)
+    eval_gpus: float = 0.0  # GPU share of each evaluation actor (it embeds on the GPU when > 0)
+    eval_actors: int = 0  # evaluation actors; 0: what the CPUs left after the trials allow (sweep/resources.py)
+    trials_per_gpu: str = ""  # K one-worker trials packed on each GPU, "auto", or "" (no packing)
     warm_start: str = ""  # an earlier sweep dir or Optuna journal that seeds the search (sweep/warm_start.py)
     budget: str = ""  # a compute budget (2h, 90m, 1.5gpu-h) that sizes the stages (sweep/budget.py)
 
@@ -211,32 +214,41 @@ def _worker_env(*locations) -> dict | None:
 
 @dataclass
 class _Session:
-    """What the stages of one sweep share once Ray is up."""
+    """What the stages of one sweep share once Ray is up: the evaluation actors and the account
+    of the cluster's resources (sweep/resources.py) that sized them and sizes the trials."""
 
     out: str  # a path or a URI
     settings: SweepJob
-    actor: object
-    actor_name: str
-    cpus: float
-    actor_cpus: float
+    pool: object  # evaluation.actor.EvaluatorPool
+    plan: object  # sweep.resources.Plan
 
-    def fixed(self, name: str, two_stage: bool) -> dict:
-        fixed = {"data.path": self.settings.data, "train.threads": max(1, int(self.settings.cpus_per_trial))}
-        if self.settings.gpus_per_worker:
+    @property
+    def actor(self):
+        return self.pool
+
+    @property
+    def actor_name(self) -> list[str]:
+        return self.pool.names
+
+    def fixed(self, name: str, two_stage: bool, stage: StageSpace | None = None) -> dict:
+        fixed = {"data.path": self.settings.data, "train.threads": self.plan.threads}
+        # Trials that hold GPUs train on them, unless the space file pins train.device itself.
+        if self.plan.uses_gpu and not (stage is not None and "train.device" in stage.constants):
             fixed["train.device"] = "cuda"
         if name == "mlem" and two_stage:
             fixed["objective.teacher"] = json.loads(storage.read_text(storage.join(self.out, "teacher.json")))["checkpoint"]
         return fixed
 
     def max_concurrent(self, stage: StageSpace) -> int:
-        per_trial = self.settings.cpus_per_trial
-        if self.settings.workers_per_trial > 1 or self.settings.gpus_per_worker:
-            per_trial = 0.5 + 0.5 * self.settings.workers_per_trial  # trial driver + workers (tuner.py)
-        return stage.sweep.max_concurrent or max(1, int((self.cpus - self.actor_cpus) // per_trial))
+        return stage.sweep.max_concurrent or self.plan.max_concurrent
+
+    @property
+    def cpus_per_trial(self) -> float:
+        return self.plan.trial_cpus if self.plan.inline else self.settings.cpus_per_trial
 
     def stage_kwargs(self) -> dict:
-        return {"workers": self.settings.workers_per_trial, "gpus_per_worker": self.settings.gpus_per_worker,
-                "trackers": tuple(self.settings.trackers)}
+        gpus = self.plan.trial_gpus if self.plan.inline else self.plan.worker_gpus
+        return {"workers": self.plan.workers, "gpus_per_worker": gpus, "trackers": tuple(self.settings.trackers)}
 
 
 def check_storage_reachable(out: str, nodes: list[dict], data: str = "", timeout_s: float = 60.0) -> None:
@@ -288,21 +300,37 @@ def check_storage_reachable(out: str, nodes: list[dict], data: str = "", timeout
         raise SweepError(f"Ray node {other[0][0]}: {other[0][1]}")
 
 
-def _start(settings: SweepJob, address: str | None) -> _Session:
+def resource_request(settings: SweepJob, demand: int, trials_per_gpu: int | None = None):
+    """The sweep flags as sweep/resources.py's Request. `trials_per_gpu` replaces the flag's K
+    (`auto` sizes the actors for resources.AUTO_MAX_K until a stage measures its own)."""
+    from .resources import AUTO_MAX_K, Request, parse_trials_per_gpu
+
+    k = parse_trials_per_gpu(settings.trials_per_gpu) if trials_per_gpu is None else trials_per_gpu
+    return Request(eval_actors=settings.eval_actors, eval_gpus=settings.eval_gpus,
+                   trials_per_gpu=AUTO_MAX_K if k == "auto" else k, gpus_per_worker=settings.gpus_per_worker,
+                   workers_per_trial=settings.workers_per_trial, cpus_per_trial=settings.cpus_per_trial,
+                   demand=max(1, demand))
+
+
+def _start(settings: SweepJob, address: str | None, demand: int = 1) -> _Session:
+    """Ray up, the resources accounted for (refused before anything is written when they cannot
+    fit), the sweep dir prepared, the evaluation actors started. `demand`: the most trials a
+    stage asks to run at once."""
     import ray
 
-    from ..evaluation.actor import get_or_create_actor
-
-    from ..training.resources import check_gpus, connect
+    from ..evaluation.actor import get_or_create_pool
+    from ..training.resources import ResourceError, connect
+    from . import resources
 
     # Workers on other nodes reach the same object store as the driver (endpoint, region,
     # checksum settings; never secrets: each node has its own credential chain).
     connect(address, env_vars=_worker_env(settings.out, settings.data))
-    resources = ray.cluster_resources()
-    check_gpus(settings.gpus_per_worker, settings.workers_per_trial, resources)
-    if settings.eval_gpus > resources.get("GPU", 0.0):  # an unplaceable actor would wait forever
-        raise SweepError(f"--eval-gpus {settings.eval_gpus:g} but the Ray cluster has {resources.get('GPU', 0.0):g} "
-                         "GPUs; drop the flag to evaluate on CPU")
+    cluster = resources.Cluster.from_ray()
+    if resources.parse_trials_per_gpu(settings.trials_per_gpu) == "auto" and cluster.gpus <= 0:
+        raise ResourceError("asked for --trials-per-gpu auto but the Ray cluster has 0 GPUs; drop the flag to train "
+                            "on CPU or join a GPU cluster with --address")
+    # Unplaceable actors or trials would wait forever: refused here, before anything is written.
+    plan = resources.plan(cluster, resource_request(settings, demand))
     alive = [n for n in ray.nodes() if n.get("Alive")]
     if len(alive) > 1:
         out = settings.out
@@ -315,14 +343,54 @@ def _start(settings: SweepJob, address: str | None) -> _Session:
             raise
     out = _prepare_out(settings)
     settings = SweepJob(**json.loads(storage.read_text(storage.join(out, "sweep.json"))))
-    cpus = resources.get("CPU", 1.0)
-    # The actor scores while trials train; on a small machine it takes no CPU reservation so that
-    # it never blocks trial scheduling (it runs between trial completions, single-threaded).
-    actor_cpus = 1.0 if cpus >= 4 else 0.0
-    actor_name = evaluator_name(out)
-    actor = get_or_create_actor(out, settings.data, actor_name, cpus=actor_cpus, gpus=settings.eval_gpus,
-                                folds=settings.folds)
-    return _Session(out, settings, actor, actor_name, cpus, actor_cpus)
+    pool = get_or_create_pool(out, settings.data, evaluator_name(out), plan.eval_actors, cpus=plan.actor_cpus,
+                              gpus=plan.actor_gpus, folds=settings.folds)
+    print(f"resources: {plan.describe()}", flush=True)
+    return _Session(out, settings, pool, plan)
+
+
+def _packing_plan(session: _Session, name: str, stage: StageSpace, fixed: dict, demand: int):
+    """With --trials-per-gpu: the stage's plan once its largest config's peak GPU memory (and, for
+    auto, the aggregate throughput of 1, 2, 4, ... of them side by side on one GPU) is measured
+    (sweep/probe.py); a K that does not fit is refused. Without: the sweep's plan as it is."""
+    from . import probe, resources
+
+    asked = resources.parse_trials_per_gpu(session.settings.trials_per_gpu)
+    if not asked:
+        return session.plan
+    overrides = probe.largest_config(stage, fixed)  # on the trials' device (fixed)
+    # One GPU, less the average share the evaluation actors hold on each: what K trials get.
+    plan, gpus = session.plan, resources.Cluster.from_ray().gpus
+    share = 1.0 if not plan.actor_gpus else max(0.01, math.floor(100 * (1 - min(1.0, plan.eval_actors * plan.actor_gpus
+                                                                                 / max(gpus, 1.0)))) / 100)
+    first = probe.probe_on_gpu(overrides, stage.method, [1], gpus=share)[1]
+    cluster = resources.Cluster.from_ray(gpu_memory_bytes=first["gpu_total_bytes"])
+    measured = {1: first}
+    if asked == "auto":
+        ks = resources.auto_candidates(cluster, first["peak_bytes"])
+        if len(ks) > 1:
+            measured.update(probe.probe_on_gpu(overrides, stage.method, ks[1:], stop_gain=1.1, gpus=share))
+        k = resources.choose_trials_per_gpu({k: m["aggregate_sequences_per_s"] for k, m in measured.items()})
+    else:
+        k = asked
+    request = replace(resource_request(session.settings, demand, trials_per_gpu=k),
+                      eval_actors=session.plan.eval_actors)
+    stage_plan = resources.plan(cluster, request, trial_gpu_bytes=first["peak_bytes"])
+    figures = {k: {"aggregate_sequences_per_s": m["aggregate_sequences_per_s"], "peak_bytes": m["peak_bytes"]}
+               for k, m in measured.items()}
+    storage.write_text(storage.join(session.out, f"gpu_probe_{name}.json"),
+                       json.dumps({"trials_per_gpu": k, "asked": asked, "gpu_total_bytes": first["gpu_total_bytes"],
+                                   "measured": figures}, indent=1))
+    rates = ", ".join(f"K={k_}: {m['aggregate_sequences_per_s']:.0f} seq/s" for k_, m in measured.items())
+    memory = (f"a trial peaks at {first['peak_bytes'] / 2**30:.2f} GiB of the GPU's {first['gpu_total_bytes'] / 2**30:.1f} GiB"
+              if first["gpu_total_bytes"] else "no GPU memory measured (the space pins train.device)")
+    print(f"stage {name}: {memory}; {rates}; {k} trials per GPU -> {stage_plan.describe()}", flush=True)
+    return stage_plan
+
+
+def _demand(stages: dict, settings: SweepJob) -> int:
+    """The most trials any stage asks to run at once."""
+    return max((s.sweep.max_concurrent or settings.trials or s.sweep.trials for s in stages.values()), default=1)
 
 
 def evaluator_name(out) -> str:
@@ -345,14 +413,16 @@ def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
     if settings.data:  # refuse a metric the data cannot give before anything is written
         stages = _resolve_metrics(stages, settings.data)
 
-    session = _start(settings, address)
+    session = _start(settings, address, _demand(stages, settings))
     out, settings = session.out, session.settings
     stages = _resolve_metrics(stages, settings.data)  # the generated demo data, when no --data was given
     warm = warm_start.plan(settings.warm_start, stages) if settings.warm_start and not resume else {}
     planner = _planner(session, stages, resume) if settings.budget else None
     summary: dict = {"out": str(out), "stages": {}}
     for name, stage in stages.items():
-        stage_fixed = session.fixed(name, space.is_two_stage)
+        stage_fixed = session.fixed(name, space.is_two_stage, stage)
+        session.plan = _packing_plan(session, name, stage, stage_fixed, _demand(stages, settings))
+        stage_fixed = session.fixed(name, space.is_two_stage, stage)
         max_concurrent = session.max_concurrent(stage)
         time_budget_s = None
         if planner is not None:  # sized for the budget left, from a timing probe (sweep/budget.py)
@@ -366,10 +436,9 @@ def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
         print(f"\n== stage {name}: {stage.method}, {settings.trials or stage.sweep.trials} trials, "
               f"{max_concurrent} at a time, ranked by {stage.sweep.reported_metric} ({stage.sweep.mode}) ==",
               flush=True)
-        rows = run_stage(name, stage, out, stage_fixed, session.actor, session.actor_name, settings.cpus_per_trial,
+        rows = run_stage(name, stage, out, stage_fixed, session.actor, session.actor_name, session.cpus_per_trial,
                          max_concurrent, resume=resume, trials=(settings.trials or None) if planner is None else None,
-                         warm=warm.get(name),
-                         time_budget_s=time_budget_s, **session.stage_kwargs())
+                         warm=warm.get(name), time_budget_s=time_budget_s, **session.stage_kwargs())
         best = leaderboard.best(rows)
         failed = [r for r in rows if not leaderboard.is_ok(r)]
         summary["stages"][name] = {"method": stage.method, "scored": len(rows) - len(failed), "failed": failed,
@@ -425,7 +494,7 @@ def _reseed(out, settings, space, stages, board, seeds, address) -> list[dict]:
 
     from .tuner import run_stage
 
-    session = _start(settings, address)
+    session = _start(settings, address, len(seeds))
     rows = []
     for name, stage in stages.items():
         originals = board[(board["stage"] == name) & (board["reseed_of"].fillna("") == "")].to_dict("records")
@@ -435,7 +504,7 @@ def _reseed(out, settings, space, stages, board, seeds, address) -> list[dict]:
         params = json.loads(best["params"])
         print(f"\n== re-seeding {name} trial {best['trial_id']} with seeds {list(seeds)} ==", flush=True)
         rows += run_stage(f"{name}_reseed_{best['trial_id']}", stage, session.out, session.fixed(name, space.is_two_stage),
-                          session.actor, session.actor_name, settings.cpus_per_trial, session.max_concurrent(stage),
+                          session.actor, session.actor_name, session.cpus_per_trial, session.max_concurrent(stage),
                           resume=True, param_space={**params, "train.seed": tune.grid_search(list(seeds))},
                           reseed_of=best["trial_id"], row_stage=name, **session.stage_kwargs())
     return rows

@@ -1,8 +1,11 @@
 """One sweep stage on Ray Tune: OptunaSearch (TPE) + ASHA over the one training loop.
 
-A trial runs the training loop inline (one CPU worker: no Ray Train start-up cost) and reports
-through `ray.tune.report`. Each finished trial's best checkpoint is pushed to the evaluation actor
-from `Callback.on_trial_complete` (it fires for early-stopped trials too).
+A one-worker trial, on CPU or on the GPU share Ray assigned it, runs the training loop inline (no
+Ray Train start-up: 12-25 s on a 2-core machine, 17 s on an H200 node) and reports through
+`ray.tune.report`; only a trial of more than one worker drives a Ray Train TorchTrainer. Each
+finished trial's best checkpoint is pushed to the pool of evaluation actors
+(evaluation/actor.py: EvaluatorPool) from `Callback.on_trial_complete` (it fires for
+early-stopped trials too).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from ray import tune
 
 from .. import storage
 from ..evaluation import leaderboard
+from ..evaluation.actor import EvaluatorPool
 from ..training.loop import Runtime, resolve_device, train
 from . import cost as cost_meter, optuna_storage, trackers as tracking, warm_start
 from .repeats import run_repeated
@@ -32,14 +36,22 @@ class TrialSettings:
     stage: StageSpace  # with its selection metric resolved
     fixed: dict  # data path, teacher, threads: set by the pipeline, not swept
     cpus_per_trial: float = 1.0
-    workers: int = 1  # > 1 (or GPUs): the trial drives a TorchTrainer of that many DDP workers
-    gpus_per_worker: float = 0.0
+    workers: int = 1  # > 1: the trial drives a TorchTrainer of that many DDP workers
+    gpus_per_worker: float = 0.0  # one worker: the inline trial's own GPU share
     cpus_per_worker: float = 0.5
     train_storage: str = ""  # where those Train runs keep their checkpoints (a path or a URI)
 
     @property
     def distributed(self) -> bool:
-        return self.workers > 1 or self.gpus_per_worker > 0
+        """Ray Train only for more than one worker: a one-worker GPU trial runs the loop inline on
+        the GPU Ray assigned to the trial (CUDA_VISIBLE_DEVICES), as a CPU trial does."""
+        return self.workers > 1
+
+    def resources(self) -> dict:
+        """What the trial's own process asks Ray for (sweep/resources.py's Plan says the same)."""
+        if self.distributed:  # its process only drives the TorchTrainer; the workers hold the rest
+            return {"cpu": 0.5}
+        return {"cpu": self.cpus_per_trial, **({"gpu": self.gpus_per_worker} if self.gpus_per_worker > 0 else {})}
 
 
 class TuneReporter:
@@ -106,12 +118,14 @@ def _train(cfg, reporter: TuneReporter, runtime: Runtime, sweep, resume) -> None
 
 
 class ScoreOnComplete(tune.Callback):
-    """Hands each completed trial's kept checkpoint to the evaluation actor, without waiting.
-    The actor is looked up by name, so a callback restored with the experiment still finds it."""
+    """Hands each completed trial's kept checkpoint to the pool of evaluation actors, without
+    waiting. The actors are looked up by name, so a callback restored with the experiment still
+    finds them."""
 
-    def __init__(self, actor_name: str, stage: str, method: str, swept: list[str], metric: str, mode: str,
+    def __init__(self, actor_name, stage: str, method: str, swept: list[str], metric: str, mode: str,
                  reseed_of: str = "", out: str = ""):
-        self.actor_name, self.stage, self.method, self.swept, self.reseed_of = actor_name, stage, method, swept, reseed_of
+        self.actor_name = [actor_name] if isinstance(actor_name, str) else list(actor_name)  # the pool's names
+        self.stage, self.method, self.swept, self.reseed_of = stage, method, swept, reseed_of
         self.metric, self.mode, self.out = metric, mode, out
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -120,9 +134,9 @@ class ScoreOnComplete(tune.Callback):
             found = best_reported(_read_results(Path(trial.local_path) / "result.json"), self.metric, self.mode,
                                   self.out)
         if found is not None:
-            actor = ray.get_actor(self.actor_name, namespace="mlem_ray")
+            pool = EvaluatorPool.shared(self.actor_name)
             # the storage dir (local_path is a staging copy), as a location the actor can open
-            submit(actor, trial.trial_id, trial.config, found, self.stage, self.method, self.swept, self.metric,
+            submit(pool, trial.trial_id, trial.config, found, self.stage, self.method, self.swept, self.metric,
                    self.mode, self.reseed_of, in_store(self.out, trial.path) if trial.path else "")
 
 
@@ -171,7 +185,8 @@ def _read_results(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def submit(actor, trial_id, config, found, stage, method, swept, metric, mode, reseed_of="", trial_dir=""):
+def submit(pool: EvaluatorPool, trial_id, config, found, stage, method, swept, metric, mode, reseed_of="",
+           trial_dir=""):
     path, metrics = found
     params = {k: config[k] for k in swept if k in config}
 
@@ -190,8 +205,8 @@ def submit(actor, trial_id, config, found, stage, method, swept, metric, mode, r
     for cost_metric in cost_meter.COST_METRICS.values():
         if cost_metric in metrics:  # a multi-objective stage's second objective
             selection.update(cost_metric=cost_metric, cost_value=number(cost_metric))
-    return actor.score.remote(trial_id, stage, method, path, selection, params, int(config.get("train.seed", 0)),
-                              reseed_of, trial_dir)
+    return pool.score(trial_id, stage, method, path, selection, params, int(config.get("train.seed", 0)), reseed_of,
+                      trial_dir)
 
 
 def run_stage(name: str, stage: StageSpace, out: str, fixed: dict, actor, actor_name: str, cpus_per_trial: float,
@@ -201,6 +216,8 @@ def run_stage(name: str, stage: StageSpace, out: str, fixed: dict, actor, actor_
               time_budget_s: float | None = None) -> list[dict]:
     """Run (or resume) one stage's Tune experiment in `out/name` (`out`: a path or an object-store
     URI, through storage.ray_storage) and wait until every completed trial is on the leaderboard.
+    `actor`: the EvaluatorPool (or one actor handle, `actor_name` its name); `cpus_per_trial`
+    and `gpus_per_worker`: a one-worker trial's own resources (sweep/resources.py's Plan).
     -> the stage's leaderboard rows (errored and failed ones included: see leaderboard.is_ok).
     `param_space` replaces the search (used to re-run one config with other seeds; its rows are
     labelled `row_stage`). The search's Optuna study is kept in the sweep directory (on object
@@ -209,14 +226,13 @@ def run_stage(name: str, stage: StageSpace, out: str, fixed: dict, actor, actor_
     (a warm_start.WarmStage);
     `time_budget_s`: the stage stops there with what it has (the sweep's --budget)."""
     row_stage = row_stage or name
+    pool = EvaluatorPool.of(actor, actor_name)
     settings = TrialSettings(stage, dict(fixed), cpus_per_trial, workers, gpus_per_worker,
                              train_storage=storage.join(out, f"{name}_train"))
     metric, mode = stage.sweep.reported_metric, stage.sweep.mode
-    # A distributed trial's own process only drives the TorchTrainer; its workers hold the resources.
-    driver_cpus = 0.5 if settings.distributed else cpus_per_trial
-    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"cpu": driver_cpus})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), settings.resources())
     swept = list(stage.params) + (["train.seed"] if param_space else [])
-    callback = ScoreOnComplete(actor_name, row_stage, stage.method, swept, metric, mode, reseed_of, str(out))
+    callback = ScoreOnComplete(pool.names, row_stage, stage.method, swept, metric, mode, reseed_of, str(out))
     where = storage.ray_storage(out)
     experiment = storage.join(out, name)
     fs = {"storage_filesystem": where["storage_filesystem"]} if "storage_filesystem" in where else {}
@@ -260,14 +276,15 @@ def run_stage(name: str, stage: StageSpace, out: str, fixed: dict, actor, actor_
         tuner = tune.Tuner(trainable, param_space=param_space or {}, tune_config=tune_config, run_config=run_config)
     grid = tuner.fit()
     # Every completed trial is (re)submitted: the callback already did so while the driver ran,
-    # but a driver killed in between would have lost those calls. The actor skips scored trials,
-    # and it runs calls in order, so these refs resolve once everything before them is scored.
+    # but a driver killed in between would have lost those calls. The pool sends each to the actor
+    # it sent the trial to before, which skips scored trials and runs calls in order, so these
+    # refs resolve once the trial is scored.
     refs = []
     for result in grid:
         trial_id = result.metrics.get("trial_id") or storage.name(result.path)
         if result.error is not None:  # listed with its reason (the report shows it), never ranked
             params = {k: result.config[k] for k in swept if k in result.config}
-            refs.append(actor.record_error.remote(trial_id, row_stage, stage.method, leaderboard.reason(result.error),
+            refs.append(pool.record_error(trial_id, row_stage, stage.method, leaderboard.reason(result.error),
                                                   params, int(result.config.get("train.seed", 0)), reseed_of))
             continue
         kept = sorted(result.best_checkpoints or [], key=lambda cm: _score_key(metric, mode)(cm[1]))
@@ -275,9 +292,10 @@ def run_stage(name: str, stage: StageSpace, out: str, fixed: dict, actor, actor_
         if found is None and result.metrics_dataframe is not None:
             found = best_reported(result.metrics_dataframe.to_dict("records"), metric, mode, str(out))
         if found is not None:
-            refs.append(submit(actor, trial_id, result.config, found, row_stage, stage.method, swept, metric, mode,
+            refs.append(submit(pool, trial_id, result.config, found, row_stage, stage.method, swept, metric, mode,
                                reseed_of, in_store(str(out), result.path)))
     rows = _gather(refs)
+    leaderboard.write_snapshot(out)  # every row of the stage is written: leaderboard.parquet holds them all
     optuna_storage.close_stale_trials(out, name)
     tracking.log_downstream(trackers, out, row_stage, [r for r in rows if leaderboard.is_ok(r)])
     return rows
