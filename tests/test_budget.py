@@ -2,7 +2,6 @@
 score for score, whatever the machine's load."""
 import numpy as np
 import pytest
-from conftest import make_pendulum
 
 from mlem_ray.config import make_config
 from mlem_ray.evaluation.evaluate import evaluate_checkpoint
@@ -14,8 +13,8 @@ SMALL = {"model.hidden": 16, "model.decoder_width": 16, "model.decoder_layers": 
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_pendulum(tmp_path_factory.mktemp("tiny") / "p", 160, seed=5)
+def tiny(pendulum_data):
+    return pendulum_data(160, seed=5)
 
 
 class Recorder:
