@@ -12,6 +12,7 @@ Target: the loop costs at most 10 % more.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -21,7 +22,6 @@ import torch
 
 from mlem_ray.config import make_config
 from mlem_ray.data import EventSequences, pendulum, prepare, write_prepared
-from mlem_ray.data.ingest import IngestSpec
 from mlem_ray.training import train
 from mlem_ray.training.loop import Runtime, _batches, build_training_objective
 
@@ -66,7 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "p"
         events, targets = pendulum.generate(args.sequences, seed=0)
-        spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", val_fraction=0.0)
+        spec = dataclasses.replace(pendulum.INGEST_SPEC, val_fraction=0.0)
         write_prepared(data, *prepare(events, spec, targets))
         cfg = make_config(args.method, {"data.path": str(data), "model.hidden": args.hidden, "train.epochs": 1,
                                         "data.slice_min": 15, "data.slice_max": 60})

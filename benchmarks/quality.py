@@ -31,6 +31,7 @@ Writes benchmarks/results/quality_<dataset>.{json,md} (labelled partial until ev
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -64,8 +65,7 @@ def prepare_data(name: str, work: Path, args) -> Path:
         return out
     if name == "pendulum":
         events, targets = pendulum.generate(args.sequences, seed=0)
-        spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", task="regression",
-                          test_fraction=0.2)
+        spec = dataclasses.replace(pendulum.INGEST_SPEC, test_fraction=0.2)
     else:
         from mlem_ray.data import flights
 

@@ -12,6 +12,7 @@ excluded); start-up is the wall time not spent in epochs. Printed side by side.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -21,7 +22,6 @@ import ray
 
 from mlem_ray.config import make_config
 from mlem_ray.data import EventSequences, pendulum, prepare, write_prepared
-from mlem_ray.data.ingest import IngestSpec
 from mlem_ray.training import train
 from mlem_ray.training.ray_train import run_distributed
 
@@ -53,7 +53,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mlem_scaling_"))
     data = work / "p"
     events, targets = pendulum.generate(args.sequences, seed=0)
-    spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", val_fraction=0.02)
+    spec = dataclasses.replace(pendulum.INGEST_SPEC, val_fraction=0.02)
     write_prepared(data, *prepare(events, spec, targets))
     n_train = len(EventSequences.open(data).indices("train"))
     cfg = make_config(args.method, {"data.path": str(data), "model.hidden": args.hidden, "train.epochs": args.epochs,

@@ -31,7 +31,6 @@ import yaml
 from scipy.stats import spearmanr
 
 from mlem_ray.data import pendulum, prepare, write_prepared
-from mlem_ray.data.ingest import IngestSpec
 from mlem_ray.evaluation import leaderboard
 from mlem_ray.sweep.pipeline import SweepJob, run_sweep
 
@@ -92,7 +91,7 @@ def main() -> None:
     data = work / "pendulum"
     if not (data / "schema.json").exists():
         events, targets = pendulum.generate(args.sequences, seed=0)
-        spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", task="regression")
+        spec = pendulum.INGEST_SPEC
         write_prepared(data, *prepare(events, spec, targets))
     space_file = work / "space.yaml"
     space_file.write_text(yaml.safe_dump(space(args.trials, args.epochs, args.steps)))

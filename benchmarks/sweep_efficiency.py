@@ -22,7 +22,6 @@ from pathlib import Path
 import yaml
 
 from mlem_ray.data import pendulum, prepare, write_prepared
-from mlem_ray.data.ingest import IngestSpec
 from mlem_ray.evaluation import leaderboard
 from mlem_ray.sweep.pipeline import SweepJob, run_sweep
 
@@ -75,7 +74,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mlem_sweep_eff_"))
     data = work / "pendulum"
     events, targets = pendulum.generate(args.sequences, seed=0)
-    spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", task="regression")
+    spec = pendulum.INGEST_SPEC
     write_prepared(data, *prepare(events, spec, targets))
     params = {**PARAMS, "train.steps_per_epoch": args.steps}
     common = {"trials": args.trials, "epochs": args.epochs, "seed": 0, "finalists": 1}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
@@ -62,8 +63,7 @@ def _data(args) -> int:
     elif args.source == "pendulum":
         from .data import pendulum
 
-        spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), time_unit="s", target_col="L",
-                          task="regression", source=f"pendulum(sequences={args.sequences}, seed={args.seed})", **common)
+        spec = replace(pendulum.INGEST_SPEC, source=f"pendulum(sequences={args.sequences}, seed={args.seed})", **common)
         events, targets = pendulum.generate(args.sequences, seed=args.seed, progress=True)
         sequences, target_table, schema = prepare(events, spec, targets)
         write_prepared(args.out, sequences, target_table, schema, overwrite=args.overwrite)

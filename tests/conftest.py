@@ -1,34 +1,52 @@
-"""Shared test helpers."""
+"""Fixtures shared by the test modules (their building blocks are in helpers.py):
+
+- `ray_session`: one Ray instance per module (local, 2 CPUs, no dashboard), shut down after the
+  module's last test. A module changes its options by defining a fixture `ray_options` that
+  returns `ray.init` keyword arguments (e.g. {"num_cpus": 1}).
+- `pendulum_data(sequences, seed, ...)`: a tiny prepared Pendulum set, made once per session for
+  each distinct set of arguments and shared read-only by every module that asks for the same one.
+- `tiny_two_stage_space`: the path of a YAML file holding helpers.RESUMABLE_TWO_STAGE.
+"""
+from __future__ import annotations
+
+import sys
 from pathlib import Path
 
-from mlem_ray.data import pendulum, prepare, write_prepared
-from mlem_ray.data.ingest import IngestSpec
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))  # helpers.py, s3server.py
+
+from helpers import RESUMABLE_TWO_STAGE, make_pendulum, ray_instance  # noqa: E402
 
 
-def make_pendulum(path: Path, sequences: int, seed: int, test_fraction: float = 0.2, val_fraction: float = 0.2) -> Path:
-    """A small prepared Pendulum set (regression target L) at `path`."""
-    events, targets = pendulum.generate(sequences, seed=seed)
-    spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", task="regression",
-                      test_fraction=test_fraction, val_fraction=val_fraction)
-    write_prepared(path, *prepare(events, spec, targets))
+@pytest.fixture(scope="module")
+def ray_options() -> dict:
+    return {}
+
+
+@pytest.fixture(scope="module")
+def ray_session(ray_options):
+    pytest.importorskip("ray")
+    with ray_instance(**ray_options) as ray:
+        yield ray
+
+
+@pytest.fixture(scope="session")
+def pendulum_data(tmp_path_factory):
+    made: dict[tuple, Path] = {}
+
+    def make(sequences: int, seed: int, test_fraction: float = 0.2, val_fraction: float = 0.2) -> Path:
+        key = (sequences, seed, test_fraction, val_fraction)
+        if key not in made:
+            made[key] = make_pendulum(tmp_path_factory.mktemp(f"pendulum{sequences}s{seed}") / "p", *key)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture
+def tiny_two_stage_space(tmp_path) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(RESUMABLE_TWO_STAGE))
     return path
-
-
-# A two-stage space small enough to kill and resume mid-sweep (test_sweep_resume, test_object_storage).
-RESUMABLE_TWO_STAGE = {
-    "stages": {
-        "teacher": {
-            "method": "coles",
-            "sweep": {"trials": 3, "scheduler": "none", "epochs": 3, "finalists": 3},
-            "params": {"optim.lr": {"type": "log_float", "low": 1e-3, "high": 1e-2}, "model.hidden": 16,
-                       "data.batch_size": 16, "data.slice_min": 5, "data.slice_max": 20, "train.steps_per_epoch": 3},
-        },
-        "mlem": {
-            "method": "mlem",
-            "sweep": {"trials": 2, "scheduler": "none", "epochs": 2, "finalists": 1},
-            "params": {"objective.w_align": {"type": "log_float", "low": 1.0, "high": 100.0}, "model.hidden": 16,
-                       "model.decoder_width": 16, "model.decoder_layers": 1, "data.batch_size": 16,
-                       "train.steps_per_epoch": 3},
-        },
-    }
-}

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_pendulum
 from mlem_ray.config import ConfigError, make_config
 from mlem_ray.training.accel import Precision, prefetch
 from mlem_ray.training.loop import train
@@ -33,8 +32,8 @@ class Keep:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_pendulum(tmp_path_factory.mktemp("accel") / "p", 60, seed=3)
+def data(pendulum_data):
+    return pendulum_data(60, seed=3)
 
 
 def run(data, method, **overrides):

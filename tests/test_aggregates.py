@@ -50,10 +50,8 @@ def test_aggregates_of_a_hand_made_table(hand):
     np.testing.assert_array_equal(sub, feats[[2, 0]])
 
 
-def test_aggregates_are_scored_by_the_same_probe(tmp_path):
-    from conftest import make_pendulum
-
-    seqs = EventSequences.open(make_pendulum(tmp_path / "p", 120, seed=1))
+def test_aggregates_are_scored_by_the_same_probe(pendulum_data):
+    seqs = EventSequences.open(pendulum_data(120, seed=1))
     rows = seqs.labelled()
     feats, names = aggregate_features(seqs, rows)
     assert names[:2] == ["length", "time_span"] and feats.shape == (len(rows), 2 + 2 * 5)
@@ -61,16 +59,14 @@ def test_aggregates_are_scored_by_the_same_probe(tmp_path):
     assert scores["primary_metric"] == "tree_test_mse" and np.isfinite(scores["linear_test_mse"])
 
 
-def test_sweep_evaluator_scores_the_baseline_once_and_the_report_shows_it(tmp_path):
-    from conftest import make_pendulum
-
+def test_sweep_evaluator_scores_the_baseline_once_and_the_report_shows_it(tmp_path, pendulum_data):
     from mlem_ray.config import make_config
     from mlem_ray.evaluation import leaderboard
     from mlem_ray.evaluation.actor import Evaluator
     from mlem_ray.sweep.report import build_report
     from mlem_ray.training import LocalReporter, train
 
-    data = make_pendulum(tmp_path / "p", 120, seed=2)
+    data = pendulum_data(120, seed=2)
     cfg = make_config("coles", {"data.path": str(data), "model.hidden": 8, "data.batch_size": 16, "data.slice_min": 5,
                                 "data.slice_max": 20, "train.epochs": 1, "train.budget_steps": 2})
     train(cfg, LocalReporter(tmp_path / "run", stream=None))

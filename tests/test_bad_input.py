@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_pendulum
+from helpers import make_pendulum
 from mlem_ray.cli import main
 from mlem_ray.config import make_config
 from mlem_ray.training import LocalReporter, train
@@ -201,16 +201,12 @@ def test_bad_input(world, tmp_path, capsys, argv, message):
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=1, include_dashboard=False, namespace="mlem_ray")
-    yield
-    ray.shutdown()
+def ray_options():
+    return {"num_cpus": 1}
 
 
 @pytest.mark.parametrize("argv,message", [c[1:] for c in RAY_CASES], ids=[c[0] for c in RAY_CASES])
-def test_bad_input_needing_ray(world, local_ray, tmp_path, capsys, argv, message):
+def test_bad_input_needing_ray(world, ray_session, tmp_path, capsys, argv, message):
     check_case(world, tmp_path, capsys, argv, message)
 
 

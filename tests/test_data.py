@@ -337,6 +337,6 @@ def test_sharded_data_set_refuses_a_missing_or_foreign_shard(tmp_path):
 
 
 def make_pendulum_set(path):
-    from conftest import make_pendulum
+    from helpers import make_pendulum
 
     return make_pendulum(path, sequences=60, seed=3)

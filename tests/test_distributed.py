@@ -3,7 +3,6 @@ sequences give the same first-step loss AND gradients as 1 process x 2B (CoLES, 
 import socket
 
 import pytest
-from conftest import make_pendulum
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -20,8 +19,8 @@ COMMON = {"model.hidden": 16, "model.decoder_width": 16, "model.decoder_layers":
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_pendulum(tmp_path_factory.mktemp("ddp") / "p", 120, seed=11, test_fraction=0.1, val_fraction=0.1)
+def data(pendulum_data):
+    return pendulum_data(120, seed=11, test_fraction=0.1, val_fraction=0.1)
 
 
 @pytest.fixture(scope="module")

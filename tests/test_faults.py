@@ -9,7 +9,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_pendulum
 from mlem_ray.config import make_config
 from mlem_ray.evaluation import leaderboard
 from mlem_ray.evaluation.actor import Evaluator
@@ -23,8 +22,8 @@ SMALL = {"model.hidden": 16, "data.batch_size": 16, "data.slice_min": 5, "data.s
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_pendulum(tmp_path_factory.mktemp("data") / "p", 240, seed=5)
+def data(pendulum_data):
+    return pendulum_data(240, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +100,8 @@ def worker_tmp(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_instance(worker_tmp):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="mlem_ray",
-             runtime_env={"env_vars": {"TMPDIR": str(worker_tmp)}})
-    yield
-    ray.shutdown()
+def ray_options(worker_tmp):
+    return {"runtime_env": {"env_vars": {"TMPDIR": str(worker_tmp)}}}
 
 
 class Probe:
@@ -124,7 +120,7 @@ class Probe:
 
 
 @pytest.mark.ray
-def test_the_actor_retries_a_call_only_when_its_process_died(ray_instance, tmp_path):
+def test_the_actor_retries_a_call_only_when_its_process_died(ray_session, tmp_path):
     from mlem_ray.evaluation.actor import ACTOR_OPTIONS
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -148,7 +144,7 @@ class FailFirstEvaluator(Evaluator):
 
 
 @pytest.mark.ray
-def test_a_stage_goes_on_past_a_failed_scoring_and_an_errored_trial(ray_instance, worker_tmp, tmp_path, data):
+def test_a_stage_goes_on_past_a_failed_scoring_and_an_errored_trial(ray_session, worker_tmp, tmp_path, data):
     from ray import tune
 
     from mlem_ray.sweep.pipeline import _resolve_metrics, evaluator_name

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_pendulum
+from helpers import ray_instance, two_stage_space
 
 ray = pytest.importorskip("ray")
 optuna = pytest.importorskip("optuna")
@@ -23,39 +23,23 @@ from mlem_ray.sweep.pipeline import SweepJob, run_sweep  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
-SPACE = {
-    "stages": {
-        "teacher": {
-            "method": "coles",
-            "sweep": {"trials": 2, "scheduler": "none", "epochs": 1, "finalists": 2},
-            "params": {"optim.lr": {"type": "log_float", "low": 1e-3, "high": 1e-2},
-                       "objective.margin": {"type": "float", "low": 0.3, "high": 1.0}, "model.hidden": 16,
-                       "data.batch_size": 16, "data.slice_min": 5, "data.slice_max": 20, "train.steps_per_epoch": 2},
-        },
-        "mlem": {
-            "method": "mlem",
-            "sweep": {"trials": 2, "scheduler": "none", "epochs": 1, "finalists": 1},
-            "params": {"objective.w_align": {"type": "log_float", "low": 1.0, "high": 100.0}, "model.hidden": 16,
-                       "model.decoder_width": {"type": "int", "low": 16, "high": 32, "step": 16},
-                       "model.decoder_layers": 1, "data.batch_size": 16, "train.steps_per_epoch": 2},
-        },
-    }
-}
+SPACE = two_stage_space(
+    {"trials": 2, "scheduler": "none", "epochs": 1, "finalists": 2},
+    {"trials": 2, "scheduler": "none", "epochs": 1, "finalists": 1}, steps=2,
+    teacher_params={"objective.margin": {"type": "float", "low": 0.3, "high": 1.0}},
+    mlem_params={"model.decoder_width": {"type": "int", "low": 16, "high": 32, "step": 16}})
 SWEPT = {"optim.lr", "objective.margin", "objective.w_align", "model.decoder_width"}
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, pendulum_data):
     root = tmp_path_factory.mktemp("inspect")
-    data = make_pendulum(root / "data", 200, seed=3)
+    data = pendulum_data(200, seed=3)
     space = root / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE))
     trackers = [name for name in ("mlflow", "wandb") if _installed(name)]  # optional extras
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="mlem_ray")
-    try:
+    with ray_instance():  # only for the sweep: the tests below read what it left
         run_sweep(SweepJob(out=str(root / "sweep"), data=str(data), space=str(space), folds=2, trackers=trackers))
-    finally:
-        ray.shutdown()
     return root / "sweep"
 
 

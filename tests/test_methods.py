@@ -7,7 +7,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_pendulum
 import torch
 
 from mlem_ray.cli import main
@@ -104,8 +103,8 @@ def test_reconstruction_masks_padding_and_nan_but_keeps_zeros():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_pendulum(tmp_path_factory.mktemp("tiny") / "p", 240, seed=3)
+def tiny(pendulum_data):
+    return pendulum_data(240, seed=3)
 
 
 SMALL = {"model.hidden": 16, "model.decoder_width": 16, "model.decoder_layers": 1, "model.decoder_ff": 32,

@@ -188,7 +188,7 @@ class Cluster:
             status, text = self.status(submission_id)
             if status in TERMINAL or time.monotonic() > deadline:
                 return status, text
-            time.sleep(3)
+            time.sleep(1)  # each status call is itself a `ray job status` process (about a second)
 
     def logs(self, submission_id: str) -> str:
         r = self.ray("job", "logs", "--address", self.dashboard, submission_id)
@@ -219,7 +219,7 @@ def _wait_until(check, timeout: float, what: str, nodes: list[Node]) -> None:
                 pytest.fail(f"{node.name} node exited ({node.proc.returncode}) while waiting for {what}:\n{node.tail()}")
         if check():
             return
-        time.sleep(2)
+        time.sleep(0.5)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n" + "\n".join(n.tail() for n in nodes))
 
 
@@ -232,7 +232,11 @@ def cluster():
         hidden.mkdir()
     gcs_port, dash_port, client_port, agent_head, agent_worker = _free_ports(5)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+           # A dead node is declared dead after 5 failed health checks: one a second instead of Ray's
+           # one every 3 s. A check of a busy but live node waits out its 10 s timeout before it
+           # counts as failed, so a loaded machine is not mistaken for a lost node.
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
     for var in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
         env.pop(var, None)
     c = Cluster(base, env, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", hidden, [])
@@ -401,7 +405,7 @@ def test_losing_the_worker_node_mid_sweep(cluster, tmp_path):
         if cluster.status("mlem-mn-chaos")[0] in TERMINAL:
             break
         victim = trial_on_worker()
-        time.sleep(1)
+        time.sleep(0.5)
     assert victim, f"no trial reported from the worker node:\n{cluster.logs('mlem-mn-chaos')}"
     worker = next(n for n in cluster.nodes if n.name == "worker")
     raylets = [pid for pid, _ in _descendants(worker.proc.pid) if _is_raylet(pid)]

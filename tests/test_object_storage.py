@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import RESUMABLE_TWO_STAGE  # noqa: E402
+from helpers import RESUMABLE_TWO_STAGE  # noqa: E402
 from s3server import S3Server, weed_binary  # noqa: E402
 
 pytestmark = [pytest.mark.s3, pytest.mark.ray]

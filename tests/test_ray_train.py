@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_pendulum
 
 ray = pytest.importorskip("ray")
 
@@ -19,16 +18,20 @@ SMALL = {"model.hidden": 16, "data.batch_size": 8, "data.slice_min": 5, "data.sl
          "train.steps_per_epoch": 2}
 
 
+@pytest.fixture(scope="module")
+def ray_options():
+    # The dashboard's state API lets Train clean up the placement groups of stopped trials.
+    return {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
+
+
 @pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", namespace="mlem_ray")
-    yield
-    ray.shutdown()
+def _ray(ray_session):
+    return ray_session
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_pendulum(tmp_path_factory.mktemp("rt") / "p", 160, seed=2)
+def data(pendulum_data):
+    return pendulum_data(160, seed=2)
 
 
 def test_a_failed_worker_restarts_from_the_last_checkpoint(data, tmp_path):

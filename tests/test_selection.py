@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make_pendulum
 
 from mlem_ray.data.prepared import EventSequences
 from mlem_ray.evaluation import leaderboard
@@ -14,8 +13,8 @@ from mlem_ray.sweep.space import SearchSpace, SpaceError
 
 
 @pytest.fixture(scope="module")
-def seqs(tmp_path_factory):
-    return EventSequences.open(make_pendulum(tmp_path_factory.mktemp("sel") / "p", 300, seed=3))
+def seqs(pendulum_data):
+    return EventSequences.open(pendulum_data(300, seed=3))
 
 
 # ---------------------------------------------------------------------------------------------

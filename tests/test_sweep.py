@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_pendulum
+from helpers import two_stage_space
 import yaml
 
 ray = pytest.importorskip("ray")
@@ -20,37 +20,19 @@ from mlem_ray.sweep.pipeline import SweepError, SweepJob, evaluator_name, run_sw
 
 pytestmark = pytest.mark.ray
 
-TINY = {
-    "stages": {
-        "teacher": {
-            "method": "coles",
-            "sweep": {"trials": 4, "scheduler": "asha", "grace_period": 1, "reduction_factor": 2, "epochs": 2,
-                      "finalists": 4},
-            "params": {"optim.lr": {"type": "log_float", "low": 1e-3, "high": 1e-2}, "model.hidden": 16,
-                       "data.batch_size": 16, "data.slice_min": 5, "data.slice_max": 20, "train.steps_per_epoch": 3},
-        },
-        "mlem": {
-            "method": "mlem",
-            "sweep": {"trials": 2, "scheduler": "asha", "grace_period": 1, "reduction_factor": 2, "epochs": 2,
-                      "finalists": 1},
-            "params": {"objective.w_align": {"type": "log_float", "low": 1.0, "high": 100.0}, "model.hidden": 16,
-                       "model.decoder_width": 16, "model.decoder_layers": 1, "data.batch_size": 16,
-                       "train.steps_per_epoch": 3},
-        },
-    }
-}
+TINY = two_stage_space(
+    {"trials": 4, "scheduler": "asha", "grace_period": 1, "reduction_factor": 2, "epochs": 2, "finalists": 4},
+    {"trials": 2, "scheduler": "asha", "grace_period": 1, "reduction_factor": 2, "epochs": 2, "finalists": 1})
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="mlem_ray")
-    yield
-    ray.shutdown()
+def _ray(ray_session):
+    return ray_session
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_pendulum(tmp_path_factory.mktemp("data") / "p", 240, seed=5)
+def data(pendulum_data):
+    return pendulum_data(240, seed=5)
 
 
 def space_file(tmp_path, doc=TINY):

@@ -8,15 +8,10 @@ import sys
 import time
 
 import pytest
-import yaml
-from conftest import RESUMABLE_TWO_STAGE
 
 from mlem_ray.evaluation.leaderboard import read as read_leaderboard
 
 pytestmark = pytest.mark.ray
-
-SPACE = RESUMABLE_TWO_STAGE
-
 
 def sweep_cmd(out, space, *extra):
     return [sys.executable, "-m", "mlem_ray", "sweep", "--out", str(out), "--space", str(space), "--sequences", "200",
@@ -28,9 +23,8 @@ def result_lines(trial_dir):
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def test_killed_driver_resumes_without_rerunning_or_rescoring(tmp_path):
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(SPACE))
+def test_killed_driver_resumes_without_rerunning_or_rescoring(tmp_path, tiny_two_stage_space):
+    space = tiny_two_stage_space
     out = tmp_path / "sweep"
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
     proc = subprocess.Popen(sweep_cmd(out, space), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -152,11 +152,9 @@ def _prepare_out(settings: SweepJob) -> str:
 
 def _generate_pendulum(path: Path, sequences: int) -> None:
     from ..data import pendulum, prepare, write_prepared
-    from ..data.ingest import IngestSpec
 
     events, targets = pendulum.generate(sequences, seed=0)
-    spec = IngestSpec(id_col="id", time_col="time", num_cols=("x", "y"), target_col="L", task="regression",
-                      source=f"pendulum(sequences={sequences}, seed=0)")
+    spec = replace(pendulum.INGEST_SPEC, source=f"pendulum(sequences={sequences}, seed=0)")
     write_prepared(path, *prepare(events, spec, targets), overwrite=True)
 
 

@@ -1,0 +1,59 @@
+"""Set-ups the tests share: tiny Pendulum data sets, tiny two-stage search spaces and a scoped Ray
+instance. Fixtures built on them are in conftest.py; test modules import these by name
+(`from helpers import ...`) where they need one outside a fixture."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+
+from mlem_ray.data import pendulum, prepare, write_prepared
+
+
+def make_pendulum(path: Path, sequences: int, seed: int, test_fraction: float = 0.2, val_fraction: float = 0.2) -> Path:
+    """A small prepared Pendulum set (regression target L) at `path`."""
+    events, targets = pendulum.generate(sequences, seed=seed)
+    spec = dataclasses.replace(pendulum.INGEST_SPEC, test_fraction=test_fraction, val_fraction=val_fraction)
+    write_prepared(path, *prepare(events, spec, targets))
+    return path
+
+
+# The sizes every tiny two-stage space shares: a 16-wide GRU on CoLES slices of 5..20 events, a
+# one-layer 16-wide decoder, batches of 16 sequences.
+TINY_TEACHER = {"model.hidden": 16, "data.batch_size": 16, "data.slice_min": 5, "data.slice_max": 20}
+TINY_MLEM = {"model.hidden": 16, "model.decoder_width": 16, "model.decoder_layers": 1, "data.batch_size": 16}
+LR = {"type": "log_float", "low": 1e-3, "high": 1e-2}
+W_ALIGN = {"type": "log_float", "low": 1.0, "high": 100.0}
+
+
+def two_stage_space(teacher_sweep: dict, mlem_sweep: dict, steps: int = 3, teacher_params: dict | None = None,
+                    mlem_params: dict | None = None) -> dict:
+    """A tiny two-stage (CoLES teacher, then MLEM) search space: the teacher sweeps optim.lr, MLEM
+    objective.w_align, each `steps` optimizer steps an epoch; `*_params` add or replace params."""
+    return {"stages": {
+        "teacher": {"method": "coles", "sweep": teacher_sweep,
+                    "params": {"optim.lr": LR, **TINY_TEACHER, "train.steps_per_epoch": steps, **(teacher_params or {})}},
+        "mlem": {"method": "mlem", "sweep": mlem_sweep,
+                 "params": {"objective.w_align": W_ALIGN, **TINY_MLEM, "train.steps_per_epoch": steps,
+                            **(mlem_params or {})}},
+    }}
+
+
+# Small enough to kill and resume mid-sweep (test_sweep_resume, test_object_storage).
+RESUMABLE_TWO_STAGE = two_stage_space({"trials": 3, "scheduler": "none", "epochs": 3, "finalists": 3},
+                                      {"trials": 2, "scheduler": "none", "epochs": 2, "finalists": 1})
+
+RAY_DEFAULTS = {"address": "local", "num_cpus": 2, "include_dashboard": False, "namespace": "mlem_ray"}
+
+
+@contextlib.contextmanager
+def ray_instance(**options):
+    """A Ray instance of this process for the block: local, 2 CPUs, no dashboard unless `options`
+    say otherwise; shut down after it, whatever happens inside."""
+    import ray
+
+    ray.init(**{**RAY_DEFAULTS, **options})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
