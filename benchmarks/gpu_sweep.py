@@ -3,7 +3,7 @@ Run through benchmarks/gpu_sweep.sh (bounded to 5 minutes); one JSON line per fi
 to --json. `--smoke`: a tiny CPU run of every figure (on a fake Ray GPU for the stage), to check
 the script before a GPU session; its numbers mean nothing.
 
-Workload (DESIGN.md's standard one, smaller): CoLES, GRU 256, mcc embedding 16, channel 4,
+Workload (docs/design.md#benchmark-workload's standard one, smaller): CoLES, GRU 256, mcc embedding 16, channel 4,
 batch 64 clients x 5 slices of 25..100 events, on make_synthetic_events.py's table (or
 benchmarks/ingest.py's same-shaped one).
 - packing: aggregate training throughput of K = 1, 2, 4, 8 trial processes side by side on one

@@ -4,7 +4,7 @@ On CPU the loop's integration is checked through torch.compile with the aot_eage
 generation on 2 cores); with a GPU, inductor itself."""
 import pytest
 import torch
-from conftest import make_pendulum
+from helpers import make_pendulum
 
 from mlem_ray.config import ConfigError, make_config
 from mlem_ray.training import LocalReporter, train

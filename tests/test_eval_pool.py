@@ -7,7 +7,7 @@ import time
 
 import pytest
 import yaml
-from conftest import make_pendulum
+from helpers import make_pendulum
 
 ray = pytest.importorskip("ray")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_pendulum
+from helpers import make_pendulum
 
 import mlem_ray
 from mlem_ray.config import make_config

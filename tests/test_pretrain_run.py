@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import make_pendulum
+from helpers import make_pendulum
 
 from mlem_ray.cli import main
 from mlem_ray.config import make_config

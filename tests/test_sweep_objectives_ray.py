@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import make_pendulum
+from helpers import make_pendulum
 
 ray = pytest.importorskip("ray")
 

@@ -2,7 +2,7 @@
 data set alone: the same rows in every epoch, for every train.seed, and after --resume."""
 import numpy as np
 import pytest
-from conftest import make_pendulum
+from helpers import make_pendulum
 
 from mlem_ray.cli import main
 from mlem_ray.config import ConfigError, make_config
