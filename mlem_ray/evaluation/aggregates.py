@@ -44,8 +44,11 @@ def aggregate_features(seqs: EventSequences, rows=None, chunk: int = CHUNK_SEQUE
     rows = seqs.indices() if rows is None else np.asarray(rows, dtype=np.int64)
     names = feature_names(seqs)
     out = np.empty((len(rows), len(names)), dtype=np.float64)
+    from . import mapped_pages
+
     for i in range(0, len(rows), max(1, chunk)):
         out[i : i + chunk] = _aggregate_chunk(seqs, rows[i : i + chunk])
+        mapped_pages.release(seqs.path)  # each chunk's events are read once
     return out, names
 
 

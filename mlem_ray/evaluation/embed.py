@@ -11,6 +11,22 @@ from ..training.embedding import embed_rows  # noqa: F401  (re-exported)
 from ..training.embedding import to_device as _to
 
 
+def embed_in_chunks(encoder, seqs: EventSequences, rows: np.ndarray, max_len: int, chunk: int = 16_384,
+                    **kwargs) -> np.ndarray:
+    """embed_rows over `chunk` rows at a time in the given (storage) order, giving back the mapped
+    data set's pages after each chunk (evaluation/mapped_pages.py): a sample spread over a large
+    file would otherwise leave most of the file resident (the kernel reads ahead around each
+    touched page)."""
+    from . import mapped_pages
+
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows), encoder.out_dim), dtype=np.float32)
+    for i in range(0, len(rows), max(1, chunk)):
+        out[i : i + chunk] = embed_rows(encoder, seqs, rows[i : i + chunk], max_len, **kwargs)
+        mapped_pages.release(seqs.path)
+    return out
+
+
 @torch.no_grad()
 def embed_perturbed(encoder, seqs: EventSequences, rows: np.ndarray, max_len: int, drop: float, shuffle: bool,
                     seed: int = 0, batch_size: int = 256, device="cpu") -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 from ..data.prepared import EventSequences
 from ..data.schema import DataError
 from ..training.checkpoint import load_encoder
-from .embed import embed_perturbed, embed_rows
+from .embed import embed_in_chunks, embed_perturbed
 from .probes import probe
 from .quality import anisotropy, intrinsic_dimension
 from .subsets import (DEFAULT_PROBE_SIZE, DEFAULT_QUALITY_SIZE, DEFAULT_TEST_SIZE, quality_rows,
@@ -44,7 +44,7 @@ def evaluate_checkpoint(checkpoint, data, kinds=("tree", "linear"), folds: int =
     steps = 2 + len(kinds) + (len(DROP_SHARES) + 1 if robustness else 0)
     bar = tqdm(total=steps, desc="evaluate", unit="step", leave=False, disable=None if progress else True)
     bar.set_postfix_str("embedding")
-    emb = embed_rows(encoder, seqs, rows, max_len, device=device)
+    emb = embed_in_chunks(encoder, seqs, rows, max_len, device=device)
     bar.update()
     targets, split = seqs.targets[rows], seqs.split[rows]
     result: dict = {"checkpoint": str(checkpoint), "method": ckpt.config.objective.method,
@@ -64,7 +64,7 @@ def evaluate_checkpoint(checkpoint, data, kinds=("tree", "linear"), folds: int =
         scores = probe(both, targets, split, seqs.schema.task, kind="tree", folds=folds, seed=seed, tree_iters=tree_iters)
         result.update({f"with_aggregates_{k}": v for k, v in scores.items() if k.startswith("tree_")})
     quality = quality_rows(seqs, quality_size)
-    q_emb = _reuse_or_embed(emb, rows, quality, lambda r: embed_rows(encoder, seqs, r, max_len, device=device))
+    q_emb = _reuse_or_embed(emb, rows, quality, lambda r: embed_in_chunks(encoder, seqs, r, max_len, device=device))
     result["n_quality"] = int(len(quality))
     result["anisotropy"] = anisotropy(q_emb)
     result["intrinsic_dim"] = intrinsic_dimension(q_emb, seed=seed)
