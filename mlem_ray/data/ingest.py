@@ -164,6 +164,20 @@ def select_events(id_codes: np.ndarray, n_ids: int, times: np.ndarray, spec: Ing
     return order[keep_event], per_id, kept_len, long_enough
 
 
+def kept_sequences(uniq_ids, long_enough: np.ndarray, kept_len: np.ndarray, kept_times: np.ndarray):
+    """The sequences `select_events` kept -> (their ids as an Arrow array of integers or text,
+    lengths, list offsets (N + 1), each kept event's time relative to its sequence's first one).
+    `uniq_ids`: pd.factorize's ids in id order; `kept_times`: the kept events' times in order."""
+    seq_ids = pa.array(np.asarray(uniq_ids)[long_enough])
+    if not pa.types.is_string(seq_ids.type) and not pa.types.is_integer(seq_ids.type):
+        seq_ids = pc.cast(seq_ids, pa.string())
+    lengths = kept_len[long_enough].astype(np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    rel_time = kept_times - np.repeat(kept_times[offsets[:-1]], lengths)
+    return seq_ids, lengths, offsets, rel_time
+
+
 def assign_splits(seq_ids: pa.Array, labelled: np.ndarray, spec: IngestSpec) -> np.ndarray:
     """train/val/test per sequence from a hash of its id (and the seed) alone, so a sequence gets
     the same split whatever the other ids, the row order or the shard it lands in. The test split
@@ -358,18 +372,10 @@ def prepare(events: pa.Table, spec: IngestSpec, targets: pa.Table | None = None)
         )
     sel_arrow = pa.array(sel)
 
-    seq_ids = pa.array(uniq_ids[long_enough]) if not isinstance(uniq_ids, pd.Index) else pa.array(
-        np.asarray(uniq_ids)[long_enough]
-    )
-    if not pa.types.is_string(seq_ids.type) and not pa.types.is_integer(seq_ids.type):
-        seq_ids = pc.cast(seq_ids, pa.string())
-    lengths = kept_len[long_enough].astype(np.int64)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    t = times[sel]
+    kept_times = times[sel]
     del times
-    rel_time = t - np.repeat(t[offsets[:-1]], lengths)
-    del t
+    seq_ids, lengths, offsets, rel_time = kept_sequences(uniq_ids, long_enough, kept_len, kept_times)
+    del kept_times
 
     # Splits: the test set comes from labelled sequences when there are targets.
     n_seq = len(lengths)

@@ -55,6 +55,7 @@ from .ingest import (
     _time_values,
     assign_splits,
     check_scaled_range,
+    kept_sequences,
     labelled_ids,
     robust_stats,
     select_events,
@@ -312,16 +313,10 @@ def arrange_bucket(parts: list[str], spec: IngestSpec, labelled: pa.Array | None
                   events_dropped_short=int(per_id[~long_enough].sum()))
     if sel.size == 0:
         return replace(empty, counts=counts)
-    seq_ids = pa.array(np.asarray(uniq)[long_enough])
-    if not pa.types.is_string(seq_ids.type) and not pa.types.is_integer(seq_ids.type):
-        seq_ids = pc.cast(seq_ids, pa.string())
-    lengths = kept_len[long_enough].astype(np.int64)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    t = times[sel]
+    kept_times = times[sel]
     del times
-    rel_time = t - np.repeat(t[offsets[:-1]], lengths)
-    del t
+    seq_ids, lengths, offsets, rel_time = kept_sequences(uniq, long_enough, kept_len, kept_times)
+    del kept_times
 
     is_labelled = (pc.is_in(seq_ids, value_set=labelled).to_numpy(zero_copy_only=False)
                    if labelled is not None else np.ones(len(lengths), dtype=bool))
