@@ -74,7 +74,7 @@ def stage(data: Path, base: dict, ks: list[int], trials: int, steps_per_epoch: i
     if device == "cpu":
         params["train.device"] = "cpu"  # the smoke run: Ray packs trials on a fake GPU, they train on CPU
     doc = {"method": "coles", "sweep": {"trials": trials, "scheduler": "none", "epochs": 1, "finalists": 1,
-                                        "metric": "val_loss", "search": "random"}, "params": params}
+                                        "selection": "val_loss", "search": "random"}, "params": params}
     space = tmp / "stage.yaml"
     space.write_text(yaml.safe_dump(doc))
     first = None

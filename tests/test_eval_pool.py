@@ -107,7 +107,7 @@ def sorted_by_id(rows):
 def test_two_actors_scoring_a_six_trial_stage_give_six_rows_and_a_resume_rescores_none(tmp_path, data):
     out = tmp_path / "sweep"
     doc = {"method": "coles", "sweep": {"trials": 6, "scheduler": "none", "epochs": 1, "finalists": 1,
-                                        "metric": "rankme"},
+                                        "selection": "rankme"},
            "params": {"optim.lr": {"type": "log_float", "low": 1e-3, "high": 1e-2}, "model.hidden": 16,
                       "data.batch_size": 16, "data.slice_min": 5, "data.slice_max": 20, "train.steps_per_epoch": 2}}
     space = tmp_path / "space.yaml"
