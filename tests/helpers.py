@@ -1,10 +1,11 @@
-"""Set-ups the tests share: tiny Pendulum data sets, tiny two-stage search spaces and a scoped Ray
-instance. Fixtures built on them are in conftest.py; test modules import these by name
+"""Set-ups the tests share: tiny Pendulum data sets, tiny two-stage search spaces, a scoped Ray
+instance and a scoped S3 server. Fixtures built on them are in conftest.py; test modules import these by name
 (`from helpers import ...`) where they need one outside a fixture."""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from pathlib import Path
 
 from mlem_ray.data import pendulum, prepare, write_prepared
@@ -57,3 +58,22 @@ def ray_instance(**options):
         yield ray
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def s3_environment(root: Path, bucket: str):
+    """A real S3 server (s3server.S3Server) under `root` holding `bucket`, with its endpoint and
+    checksum settings in this process's environment and the node cache under `root`; the
+    environment is restored and the server stopped when the block ends."""
+    from s3server import S3Server
+
+    saved = dict(os.environ)
+    with S3Server(root) as server:
+        server.make_bucket(bucket)
+        os.environ.update(server.env)
+        os.environ["MLEM_RAY_CACHE"] = str(root / "cache")
+        try:
+            yield server
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)

@@ -3,7 +3,6 @@ single-node streaming ingest (and so the in-memory path) of the same table and s
 `--targets` and `--out` take s3:// URIs (a real S3 server, tests/s3server.py)."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from s3server import S3Server, weed_binary  # noqa: E402
+from helpers import s3_environment  # noqa: E402
+from s3server import weed_binary  # noqa: E402
 from test_streaming_ingest import SPEC, assert_same_content, event_table, target_table, write_shuffled_parts  # noqa: E402
 
 from mlem_ray import storage  # noqa: E402
@@ -28,17 +28,8 @@ def s3(tmp_path_factory):
     if weed_binary() is None:
         yield None
         return
-    root = tmp_path_factory.mktemp("s3")
-    saved = dict(os.environ)
-    with S3Server(root) as server:
-        server.make_bucket(BUCKET)
-        os.environ.update(server.env)
-        os.environ["MLEM_RAY_CACHE"] = str(root / "cache")
-        try:
-            yield server
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+    with s3_environment(tmp_path_factory.mktemp("s3"), BUCKET) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

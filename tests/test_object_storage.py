@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import RESUMABLE_TWO_STAGE  # noqa: E402
-from s3server import S3Server, weed_binary  # noqa: E402
+from helpers import RESUMABLE_TWO_STAGE, s3_environment  # noqa: E402
+from s3server import weed_binary  # noqa: E402
 
 pytestmark = [pytest.mark.s3, pytest.mark.ray]
 
@@ -36,17 +36,8 @@ SPACE = RESUMABLE_TWO_STAGE
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    root = tmp_path_factory.mktemp("s3")
-    saved = dict(os.environ)
-    with S3Server(root) as server:
-        server.make_bucket(BUCKET)
-        os.environ.update(server.env)
-        os.environ["MLEM_RAY_CACHE"] = str(root / "cache")
-        try:
-            yield server
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+    with s3_environment(tmp_path_factory.mktemp("s3"), BUCKET) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
