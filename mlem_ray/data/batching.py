@@ -30,6 +30,8 @@ class PaddedBatch:
     lengths:   (B,) long
     seq_index: (B,) long, the source sequence of each row (slices of one sequence share it)
     target:    (B,) float, NaN where unlabelled; None when the data set has no targets
+    host_lengths: (B,) long, `lengths` kept in host memory when the batch moves to a device (cuDNN's
+               packed GRU takes its lengths on the host: reading them back would wait for the device)
     """
 
     cat: torch.Tensor
@@ -40,13 +42,15 @@ class PaddedBatch:
     lengths: torch.Tensor
     seq_index: torch.Tensor
     target: torch.Tensor | None = None
+    host_lengths: torch.Tensor | None = None
 
     def to(self, device, non_blocking: bool = False) -> PaddedBatch:
         moved = {
             f.name: (getattr(self, f.name).to(device, non_blocking=non_blocking) if getattr(self, f.name) is not None else None)
-            for f in fields(self)
+            for f in fields(self) if f.name != "host_lengths"
         }
-        return PaddedBatch(**moved)
+        host = self.host_lengths if self.host_lengths is not None else self.lengths
+        return PaddedBatch(**moved, host_lengths=host if host.device.type == "cpu" else None)
 
     def pin_memory(self) -> PaddedBatch:
         """Page-locked copies, so a later `.to(cuda, non_blocking=True)` copies asynchronously."""

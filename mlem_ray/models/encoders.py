@@ -28,6 +28,9 @@ class GRUEncoder(nn.Module):
         self.rnn = nn.GRU(input_dim, hidden, num_layers=layers, batch_first=True,
                           dropout=dropout if layers > 1 else 0.0)
         self.out_dim = hidden
+        # The lengths it packs by are read on the host: SequenceEncoder hands over the batch's
+        # host copy, so packing a GPU batch needs no device-to-host read.
+        self.wants_host_lengths = True
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self.fp32_recurrence and torch.is_autocast_enabled(x.device.type):
@@ -84,4 +87,7 @@ class SequenceEncoder(nn.Module):
 
     def forward(self, batch: PaddedBatch) -> torch.Tensor:
         x = self.embedder(batch)
-        return self.drop(self.norm(self.body(x, batch.mask, batch.lengths)))
+        lengths = batch.lengths
+        if getattr(self.body, "wants_host_lengths", False) and batch.host_lengths is not None:
+            lengths = batch.host_lengths
+        return self.drop(self.norm(self.body(x, batch.mask, lengths)))

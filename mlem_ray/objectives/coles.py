@@ -79,8 +79,10 @@ class InfoNCELoss(nn.Module):
         positive = (labels[:, None] == labels[None, :]) & ~eye
         count = positive.sum(1)
         has = count > 0
-        per_anchor = -(log_prob.masked_fill(~positive, 0.0)).sum(1)[has] / count[has]
-        return per_anchor.mean()
+        # The mean over anchors that have a positive, without boolean indexing (a data-dependent
+        # shape waits for the device); no such anchor at all gives 0 / 0 = NaN, as an empty mean does.
+        per_anchor = -(log_prob.masked_fill(~positive, 0.0)).sum(1) / count.clamp_min(1)
+        return per_anchor.masked_fill(~has, 0.0).sum() / has.sum()
 
 
 class Projector(nn.Module):

@@ -38,14 +38,17 @@ class ReconstructionLoss(nn.Module):
             ce = ce + global_mean(total, mask.sum())
         mse_num = zero
         if pred["num"] is not None:
-            err = (pred["num"] - batch.num).pow(2)[batch.num_mask]
+            # masked_fill, not boolean indexing: indexing makes a data-dependent shape, which
+            # waits for the device (a host sync per step on a GPU)
+            err = (pred["num"] - batch.num).pow(2).masked_fill(~batch.num_mask, 0.0)
             mse_num = global_mean(err.sum(), batch.num_mask.sum())
         time_mask = mask.clone()
         time_mask[:, 0] = False
         mse_dt = zero
         if self.time_encoding != "none":
             target_dt = encode_dt(batch.dt, self.time_encoding)
-            mse_dt = global_mean((pred["dt"] - target_dt).pow(2)[time_mask].sum(), time_mask.sum())
+            err_dt = (pred["dt"] - target_dt).pow(2).masked_fill(~time_mask, 0.0)
+            mse_dt = global_mean(err_dt.sum(), time_mask.sum())
         l1 = global_mean(z.abs().sum(), z.shape[0])
         rec = self.w_num * mse_num + self.w_cat * ce + self.w_time * mse_dt + self.w_l1 * l1
         return {"rec": rec, "rec_cat": ce.detach(), "rec_num": mse_num.detach(), "rec_time": mse_dt.detach(),
