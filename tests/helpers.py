@@ -77,3 +77,16 @@ def s3_environment(root: Path, bucket: str):
         finally:
             os.environ.clear()
             os.environ.update(saved)
+
+
+def file_snapshot(*roots: Path) -> dict:
+    """Every file and directory under `roots` with its size and modification time: equal before and
+    after a refused command means it wrote and changed nothing there."""
+    seen = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                p = Path(dirpath) / name
+                st = p.lstat()
+                seen[str(p)] = (st.st_size if p.is_file() else -1, st.st_mtime_ns)
+    return seen

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import make_pendulum
+from helpers import file_snapshot, make_pendulum
 from mlem_ray.cli import main
 from mlem_ray.config import make_config
 from mlem_ray.training import LocalReporter, train
@@ -160,23 +160,11 @@ RAY_CASES = [
 ]
 
 
-def snapshot(*roots: Path) -> dict:
-    """Every file and directory under `roots` with its size and modification time."""
-    seen = {}
-    for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            for name in dirnames + filenames:
-                p = Path(dirpath) / name
-                st = p.lstat()
-                seen[str(p)] = (st.st_size if p.is_file() else -1, st.st_mtime_ns)
-    return seen
-
-
 def check_case(world, tmp_path, capsys, argv, message):
     own = tmp_path / "case"
     own.mkdir()
     argv = [a.format(w=world, t=own) for a in argv]
-    before = snapshot(world, own)
+    before = file_snapshot(world, own)
     cwd = os.getcwd()
     os.chdir(own)  # anything written relative to the working directory lands where it is seen
     try:
@@ -189,7 +177,7 @@ def check_case(world, tmp_path, capsys, argv, message):
     assert code == 2, f"{argv}: exit {code}; stderr: {err[-2000:]}"
     assert len(errors) == 1 and "Traceback" not in err, err[-2000:]
     assert message in errors[0], errors[0]
-    assert snapshot(world, own) == before, "the command wrote or changed files"
+    assert file_snapshot(world, own) == before, "the command wrote or changed files"
 
 
 @pytest.mark.parametrize("argv,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

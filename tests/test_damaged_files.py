@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import file_snapshot
 from mlem_ray.cli import main
 from mlem_ray.config import make_config
 from mlem_ray.training import LocalReporter, train
@@ -166,18 +167,8 @@ CHECKPOINT_FAULTS = {
 }
 
 
-def snapshot(root: Path) -> dict:
-    seen = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            st = p.lstat()
-            seen[str(p)] = (st.st_size if p.is_file() else -1, st.st_mtime_ns)
-    return seen
-
-
 def refused(argv, root: Path, capsys, names: str) -> None:
-    before = snapshot(root)
+    before = file_snapshot(root)
     cwd = os.getcwd()
     os.chdir(root)
     try:
@@ -189,7 +180,7 @@ def refused(argv, root: Path, capsys, names: str) -> None:
     assert code == 2, f"{argv}: exit {code}; stderr: {err[-3000:]}"
     assert len(lines) == 1 and lines[0].startswith(f"mlem-ray {argv[0]}: error:"), err[-3000:]
     assert names in lines[0], lines[0]
-    assert snapshot(root) == before, "the command wrote or changed files"
+    assert file_snapshot(root) == before, "the command wrote or changed files"
 
 
 def commands(data: Path, ckpt: Path, case: Path):

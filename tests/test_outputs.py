@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import file_snapshot
 from mlem_ray.cli import main
 from mlem_ray.config import make_config
 from mlem_ray.outputs import remove_stale, temp_name
@@ -56,25 +57,14 @@ def embed_argv(w: Path, out) -> list:
     return ["embed", "--data", str(w / "data"), "--checkpoint", str(w / "run" / "best"), "--out", str(out)]
 
 
-def snapshot(*roots: Path) -> dict:
-    seen = {}
-    for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            for name in dirnames + filenames:
-                p = Path(dirpath) / name
-                st = p.lstat()
-                seen[str(p)] = (st.st_size if p.is_file() else -1, st.st_mtime_ns)
-    return seen
-
-
 def refused(argv, capsys, *roots: Path, names: str = "") -> str:
-    before = snapshot(*roots)
+    before = file_snapshot(*roots)
     code = main([str(a) for a in argv])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2, (code, err[-20:])
     assert len(err) == 1 and err[0].startswith(f"mlem-ray {argv[0]}: error:"), err[-20:]
     assert names in err[0], err[0]
-    assert snapshot(*roots) == before, "the refused command changed files"
+    assert file_snapshot(*roots) == before, "the refused command changed files"
     return err[0]
 
 
