@@ -148,6 +148,16 @@ def _event_order(id_codes: np.ndarray, times: np.ndarray) -> np.ndarray:
     return by_time[np.argsort(id_codes.astype(key_type)[by_time], kind="stable")]
 
 
+def checked_ids(col, spec: IngestSpec):
+    """The id column as plain integers or text; missing ids and float ids are refused."""
+    ids = sources.plain(col)
+    if ids.null_count:
+        raise DataError(f"id column {spec.id_col!r} has {ids.null_count} missing values")
+    if pa.types.is_floating(ids.type):
+        raise DataError(f"id column {spec.id_col!r} holds floats; ids must be integers or text")
+    return ids
+
+
 def select_events(id_codes: np.ndarray, n_ids: int, times: np.ndarray, spec: IngestSpec):
     """The events kept, in (id, time) order: the last ``max_len`` of each sequence, sequences
     shorter than ``min_len`` left out. ``id_codes`` number the ids 0..n_ids-1 in id order.
@@ -354,11 +364,7 @@ def prepare(events: pa.Table, spec: IngestSpec, targets: pa.Table | None = None)
     # the table, peak memory stays near the table's own size.
     event_cols = {c: events.column(c) for c in (spec.id_col, spec.time_col, *spec.cat_cols, *spec.num_cols)}
     del events
-    ids_col = sources.plain(event_cols.pop(spec.id_col))
-    if ids_col.null_count:
-        raise DataError(f"id column {spec.id_col!r} has {ids_col.null_count} missing values")
-    if pa.types.is_floating(ids_col.type):
-        raise DataError(f"id column {spec.id_col!r} holds floats; ids must be integers or text")
+    ids_col = checked_ids(event_cols.pop(spec.id_col), spec)
     times = _time_values(event_cols.pop(spec.time_col), spec.time_col, spec.time_unit)
     nums_raw = {c: _numeric_values(event_cols.pop(c), c) for c in spec.num_cols}
 

@@ -55,6 +55,7 @@ from .ingest import (
     _time_values,
     assign_splits,
     check_scaled_range,
+    checked_ids,
     kept_sequences,
     labelled_ids,
     robust_stats,
@@ -128,11 +129,7 @@ def _num(j: int) -> str:
 
 def spill_batch(batch: pa.RecordBatch, spec: IngestSpec) -> pa.RecordBatch:
     """A batch of the user's columns -> the spilled form (validated, converted)."""
-    ids = sources.plain(batch.column(spec.id_col))
-    if ids.null_count:
-        raise DataError(f"id column {spec.id_col!r} has missing values")
-    if pa.types.is_floating(ids.type):
-        raise DataError(f"id column {spec.id_col!r} holds floats; ids must be integers or text")
+    ids = checked_ids(batch.column(spec.id_col), spec)
     times = _time_values(batch.column(spec.time_col), spec.time_col, spec.time_unit)
     arrays = [ids, pa.array(times, pa.float64())]
     names = [SPILL_ID, SPILL_TIME]
