@@ -136,6 +136,13 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _check_probe(folds: int, tree_iters: int) -> None:
+    if folds < 2:
+        raise UsageError(f"--folds must be at least 2 (cross-validation), got {folds}")
+    if tree_iters < 1:
+        raise UsageError(f"--tree-iters must be at least 1 (boosting iterations of the tree probe), got {tree_iters}")
+
+
 def _evaluate(args) -> int:
     import json
 
@@ -143,13 +150,12 @@ def _evaluate(args) -> int:
 
     from .evaluation.subsets import check_sizes
 
-    if args.folds < 2:
-        raise UsageError(f"--folds must be at least 2 (cross-validation), got {args.folds}")
+    _check_probe(args.folds, args.tree_iters)
     sizes = dict(probe_size=args.probe_size, test_size=args.test_size, quality_size=args.quality_size)
     check_sizes(**sizes)
     _check_data_dir(args.data)
     result = evaluate_checkpoint(args.checkpoint, args.data, folds=args.folds, seed=args.seed,
-                                 robustness=args.robustness, progress=True, **sizes)
+                                 robustness=args.robustness, tree_iters=args.tree_iters, progress=True, **sizes)
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True))
     else:
@@ -207,6 +213,7 @@ def _sweep(args) -> int:
         raise UsageError("--workers-per-trial must be >= 1, --gpus-per-worker and --eval-gpus >= 0")
     if args.eval_actors is not None and args.eval_actors < 1:
         raise UsageError(f"--eval-actors must be at least 1, got {args.eval_actors}")
+    _check_probe(args.folds, args.tree_iters)
     from .sweep.resources import parse_trials_per_gpu
 
     trials_per_gpu = parse_trials_per_gpu(args.trials_per_gpu)  # refuses a bad K before Ray starts
@@ -224,7 +231,7 @@ def _sweep(args) -> int:
                         sequences=args.sequences, eval_gpus=args.eval_gpus, eval_actors=args.eval_actors or 0,
                         trials_per_gpu=str(trials_per_gpu or ""),
                         trackers=list(dict.fromkeys(args.tracker or [])), warm_start=str(args.warm_start or ""),
-                        budget=str(args.budget or ""))
+                        budget=str(args.budget or ""), folds=args.folds, tree_iters=args.tree_iters)
     run_sweep(settings, address=args.address, resume=args.resume)
     return 0
 
@@ -319,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("evaluate", help="downstream probes and embedding quality of a checkpoint")
     q.add_argument("--data", required=True, help="prepared data set with targets (directory or URI)")
     q.add_argument("--checkpoint", required=True, help="checkpoint directory or URI (e.g. RUN/best)")
-    q.add_argument("--folds", type=int, default=5, help="CV folds on the labelled training ids (default %(default)s)")
+    _probe_arguments(q)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--robustness", action="store_true", help="also re-score with 10/30/50/70%% of events dropped")
     from .evaluation.subsets import DEFAULT_PROBE_SIZE, DEFAULT_QUALITY_SIZE, DEFAULT_TEST_SIZE
@@ -378,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pack K one-worker trials on each GPU, each with 1/K of it and a share of the node's CPUs; "
                         "a K whose measured peak GPU memory does not fit is refused; auto picks K from the measured "
                         "memory and throughput (default: no packing, each trial holds --gpus-per-worker)")
+    _probe_arguments(q, " of each trial's scoring")
     q.add_argument("--sequences", type=int, default=2000, help="Pendulum size when no --data is given (default %(default)s)")
     q.add_argument("--tracker", action="append", choices=["mlflow", "wandb"],
                    help="also log every trial, with its downstream scores, to MLflow (a SQLite store OUT/mlflow.db "
@@ -399,6 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--address", help="Ray cluster for --reseed (default: start Ray in-process)")
     q.set_defaults(func=_report)
     return p
+
+
+def _probe_arguments(q, whose: str = "") -> None:
+    q.add_argument("--folds", type=int, default=5,
+                   help=f"CV folds{whose} on the labelled training ids (default %(default)s)")
+    q.add_argument("--tree-iters", type=int, default=300,
+                   help=f"boosting iterations of the tree probe{whose} (default %(default)s); its cost grows with "
+                        "them, its score levels off well before 300 on small data")
 
 
 def _one_line(e: Exception) -> str:

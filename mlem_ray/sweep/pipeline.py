@@ -67,7 +67,8 @@ class SweepJob:
     gpus_per_worker: float = 0.0
     workers_per_trial: int = 1
     cpus_per_trial: float = 1.0
-    folds: int = 5
+    folds: int = 5  # the evaluation actors' probes: CV folds and the tree probe's boosting iterations
+    tree_iters: int = 300
     sequences: int = DEMO_SEQUENCES
     trackers: list = field(default_factory=list)  # mlflow, wandb (sweep/trackers.py)
     eval_gpus: float = 0.0  # GPU share of each evaluation actor (it embeds on the GPU when > 0)
@@ -342,7 +343,8 @@ def _start(settings: SweepJob, address: str | None, demand: int = 1) -> _Session
     out = _prepare_out(settings)
     settings = SweepJob(**json.loads(storage.read_text(storage.join(out, "sweep.json"))))
     pool = get_or_create_pool(out, settings.data, evaluator_name(out), plan.eval_actors, cpus=plan.actor_cpus,
-                              gpus=plan.actor_gpus, folds=settings.folds)
+                              gpus=plan.actor_gpus, folds=settings.folds,
+                              tree_iters=settings.tree_iters)
     print(f"resources: {plan.describe()}", flush=True)
     return _Session(out, settings, pool, plan)
 
