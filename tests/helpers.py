@@ -44,6 +44,11 @@ def two_stage_space(teacher_sweep: dict, mlem_sweep: dict, steps: int = 3, teach
 RESUMABLE_TWO_STAGE = two_stage_space({"trials": 3, "scheduler": "none", "epochs": 3, "finalists": 3},
                                       {"trials": 2, "scheduler": "none", "epochs": 2, "finalists": 1})
 
+# The evaluation probes at a size that tests the plumbing, not the scores: 2 folds and 30 boosting
+# iterations (the defaults, 5 and 300, cost a tiny sweep most of its time in scoring).
+FAST_PROBE = {"folds": 2, "tree_iters": 30}
+FAST_PROBE_ARGS = ["--folds", "2", "--tree-iters", "30"]
+
 RAY_DEFAULTS = {"address": "local", "num_cpus": 2, "include_dashboard": False, "namespace": "mlem_ray"}
 
 

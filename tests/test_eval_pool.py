@@ -7,7 +7,7 @@ import time
 
 import pytest
 import yaml
-from helpers import make_pendulum
+from helpers import FAST_PROBE, make_pendulum
 
 ray = pytest.importorskip("ray")
 
@@ -113,7 +113,7 @@ def test_two_actors_scoring_a_six_trial_stage_give_six_rows_and_a_resume_rescore
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(doc))
     pool = slow_pool(out, data, 2)  # the sweep finds these actors by name, as a resumed driver would
-    job = SweepJob(out=str(out), data=str(data), space=str(space), folds=2, eval_actors=2)
+    job = SweepJob(out=str(out), data=str(data), space=str(space), **FAST_PROBE, eval_actors=2)
     run_sweep(job)
     board = leaderboard.read(out)
     assert len(board) == 6 and board["trial_id"].is_unique

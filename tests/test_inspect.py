@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ray_instance, two_stage_space
+from helpers import FAST_PROBE, ray_instance, two_stage_space
 
 ray = pytest.importorskip("ray")
 optuna = pytest.importorskip("optuna")
@@ -39,7 +39,7 @@ def sweep(tmp_path_factory, pendulum_data):
     space.write_text(yaml.safe_dump(SPACE))
     trackers = [name for name in ("mlflow", "wandb") if _installed(name)]  # optional extras
     with ray_instance():  # only for the sweep: the tests below read what it left
-        run_sweep(SweepJob(out=str(root / "sweep"), data=str(data), space=str(space), folds=2, trackers=trackers))
+        run_sweep(SweepJob(out=str(root / "sweep"), data=str(data), space=str(space), **FAST_PROBE, trackers=trackers))
     return root / "sweep"
 
 

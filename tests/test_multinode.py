@@ -37,7 +37,8 @@ import yaml
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))  # tests/s3server.py
+sys.path.insert(0, str(Path(__file__).parent))  # tests/s3server.py, tests/helpers.py
+from helpers import FAST_PROBE_ARGS  # noqa: E402
 BIN = Path(sys.executable).parent
 RAY = BIN / "ray"
 SEQUENCES = "1000"
@@ -168,7 +169,7 @@ class Cluster:
         r = self.ray("job", "submit", "--address", self.dashboard, "--working-dir", str(ROOT),
                      "--runtime-env", str(runtime_env or ROOT / "cluster" / "runtime_env.yaml"),
                      "--submission-id", submission_id,
-                     "--no-wait", "--", "python", "-m", "mlem_ray", "sweep", *sweep_args, timeout=120)
+                     "--no-wait", "--", "python", "-m", "mlem_ray", "sweep", *sweep_args, *FAST_PROBE_ARGS, timeout=120)
         assert r.returncode == 0, f"ray job submit failed:\n{r.stdout}\n{r.stderr}"
 
     def status(self, submission_id: str) -> tuple[str, str]:

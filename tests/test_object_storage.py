@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import RESUMABLE_TWO_STAGE, s3_environment  # noqa: E402
+from helpers import FAST_PROBE_ARGS, RESUMABLE_TWO_STAGE, s3_environment  # noqa: E402
 from s3server import weed_binary  # noqa: E402
 
 pytestmark = [pytest.mark.s3, pytest.mark.ray]
@@ -155,7 +155,8 @@ def test_two_stage_sweep_in_a_bucket_survives_a_killed_driver_and_reports(s3, bu
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE))
     out, data = f"s3://{BUCKET}/sweep", bucket_data
-    cmd = [sys.executable, "-m", "mlem_ray", "sweep", "--out", out, "--data", data, "--space", str(space)]
+    cmd = [sys.executable, "-m", "mlem_ray", "sweep", "--out", out, "--data", data, "--space", str(space),
+           *FAST_PROBE_ARGS]
     env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONPATH": str(Path(__file__).parents[1])}
     log = tmp_path / "driver.log"
     with open(log, "wb") as sink:

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import FAST_PROBE
 
 ray = pytest.importorskip("ray")
 
@@ -81,7 +82,7 @@ def test_two_worker_trials_under_tune_with_asha(data, tmp_path):
         "params": {"optim.lr": {"type": "log_float", "low": 1e-4, "high": 3e-2}, **SMALL},
     }))
     out = tmp_path / "sweep"
-    run_sweep(SweepJob(out=str(out), data=str(data), space=str(space), workers_per_trial=2, folds=2))
+    run_sweep(SweepJob(out=str(out), data=str(data), space=str(space), workers_per_trial=2, **FAST_PROBE))
     board = read_leaderboard(out)
     assert len(board) == 3 and board["trial_id"].is_unique  # every trial started, finished and was scored
     iterations = {p.name: len((p / "result.json").read_text().splitlines())

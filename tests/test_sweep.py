@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import two_stage_space
+from helpers import FAST_PROBE, two_stage_space
 import yaml
 
 ray = pytest.importorskip("ray")
@@ -51,7 +51,7 @@ def plugin_events(event_file):
 
 def test_two_stage_sweep_tensorboard_leaderboard_and_teacher(tmp_path, data):
     out = tmp_path / "sweep"
-    summary = run_sweep(SweepJob(out=str(out), data=str(data), space=str(space_file(tmp_path)), folds=2))
+    summary = run_sweep(SweepJob(out=str(out), data=str(data), space=str(space_file(tmp_path)), **FAST_PROBE))
     board = read_leaderboard(out)
     teacher_rows = board[board["stage"] == "teacher"]
     mlem_rows = board[board["stage"] == "mlem"]
@@ -98,7 +98,7 @@ def test_killing_the_evaluation_actor_mid_sweep_loses_no_row(tmp_path, data):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     handle = ray.remote(SlowEvaluator).options(
         name=evaluator_name(out), namespace="mlem_ray", max_concurrency=2, max_restarts=-1,
-        max_task_retries=-1).remote(str(out), str(data), folds=2)
+        max_task_retries=-1).remote(str(out), str(data), **FAST_PROBE)
     pid_before = ray.get(handle.info.remote())["pid"]
     killed = {}
 
@@ -112,7 +112,7 @@ def test_killing_the_evaluation_actor_mid_sweep_loses_no_row(tmp_path, data):
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    run_sweep(SweepJob(out=str(out), data=str(data), space=str(space_file(tmp_path, doc)), folds=2))
+    run_sweep(SweepJob(out=str(out), data=str(data), space=str(space_file(tmp_path, doc)), **FAST_PROBE))
     thread.join(timeout=10)
     assert killed.get("at_rows", 0) in (1, 2, 3), f"the kill did not land mid-scoring: {killed}"
     board = read_leaderboard(out)
@@ -153,7 +153,7 @@ def test_in_trial_score_does_not_reward_the_smallest_margin(tmp_path, data):
                       "model.hidden": 16, "data.batch_size": 16, "data.slice_min": 5, "data.slice_max": 20,
                       "train.steps_per_epoch": 5}}
     out = tmp_path / "sweep"
-    summary = run_sweep(SweepJob(out=str(out), data=str(data), space=str(space_file(tmp_path, doc)), folds=2))
+    summary = run_sweep(SweepJob(out=str(out), data=str(data), space=str(space_file(tmp_path, doc)), **FAST_PROBE))
     rows = read_leaderboard(out).to_dict("records")
     margins = {json.loads(r["params"])["objective.margin"] for r in rows}
     assert margins == {0.0, 0.8}, "the sampler should have tried both margins"

@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers import make_pendulum
+from helpers import FAST_PROBE, make_pendulum
 
 ray = pytest.importorskip("ray")
 
@@ -41,7 +41,7 @@ def test_repeats_and_cost_then_a_warm_start(tmp_path, data):
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE))
     first = tmp_path / "first"
-    run_sweep(SweepJob(out=str(first), data=str(data), space=str(space), folds=2))
+    run_sweep(SweepJob(out=str(first), data=str(data), space=str(space), **FAST_PROBE))
     board = leaderboard.read(first)
     assert len(board) == 3 and (board["status"] == "ok").all()
     assert (board["selection_metric"] == "probe_score_robust").all() and (board["repeats"] == 2).all()
@@ -63,7 +63,7 @@ def test_repeats_and_cost_then_a_warm_start(tmp_path, data):
     one_more = {**SPACE, "sweep": {**SPACE["sweep"], "trials": 1, "repeats": 1, "cost": ""}}
     space2 = tmp_path / "space2.yaml"
     space2.write_text(yaml.safe_dump(one_more))
-    run_sweep(SweepJob(out=str(second), data=str(data), space=str(space2), folds=2, warm_start=str(first)))
+    run_sweep(SweepJob(out=str(second), data=str(data), space=str(space2), **FAST_PROBE, warm_start=str(first)))
     rows = leaderboard.read(second)
     assert len(rows) == 1 and json.loads(rows["params"].iloc[0]) == best
 
@@ -73,7 +73,7 @@ def test_a_budget_sizes_the_stage_from_a_timing_probe_and_stops_there(tmp_path, 
     plain = {**SPACE, "sweep": {**SPACE["sweep"], "repeats": 1, "cost": "", "trials": 2}}
     space.write_text(yaml.safe_dump(plain))
     out = tmp_path / "budgeted"
-    run_sweep(SweepJob(out=str(out), data=str(data), space=str(space), folds=2, budget="45s"))
+    run_sweep(SweepJob(out=str(out), data=str(data), space=str(space), **FAST_PROBE, budget="45s"))
     sizes = json.loads((out / "budget.json").read_text())["coles"]
     # measured step and score times, and a stage sized from them for 45 s on the trial slots
     assert sizes["t_step"] > 0 and sizes["time_budget_s"] <= 45

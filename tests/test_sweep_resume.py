@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from helpers import FAST_PROBE_ARGS
 
 from mlem_ray.evaluation.leaderboard import read as read_leaderboard
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.ray
 
 def sweep_cmd(out, space, *extra):
     return [sys.executable, "-m", "mlem_ray", "sweep", "--out", str(out), "--space", str(space), "--sequences", "200",
-            *extra]
+            *FAST_PROBE_ARGS, *extra]
 
 
 def result_lines(trial_dir):
