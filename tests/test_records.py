@@ -98,3 +98,22 @@ def test_a_trial_record_pickles_as_ray_sends_it():
                                    "selection_value": 0.5, "val_loss": 1.0, "selection_mean": 0.6,
                                    "selection_std": 0.1, "repeats": 2.0}
     assert Selection().columns()["selection_metric"] == "val_loss"
+
+
+def test_a_callback_saved_by_an_older_driver_restores_with_its_stage_scoring():
+    """Tune restores a stage's callbacks from the experiment it saved: one pickled by an older
+    driver, with the stage's figures as loose attributes, still builds the trial records."""
+    from mlem_ray.sweep.tuner import ScoreOnComplete, StageScoring
+
+    old = ScoreOnComplete.__new__(ScoreOnComplete)
+    old.__dict__.update(actor_name=["evaluator-x"], stage="teacher", method="coles", swept=["optim.lr"],
+                        metric="probe_score", mode="max", reseed_of="", out="/sweep")
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.scoring == StageScoring("teacher", "coles", ("optim.lr",), "probe_score", "max", "", "/sweep")
+    record = restored.scoring.record("t1", {"optim.lr": 0.01, "train.seed": 4, "model.hidden": 8},
+                                     ("/sweep/teacher/t1/checkpoint_000002", {"probe_score": 0.7, "val_loss": 1.5}))
+    assert record == TrialRecord("t1", "teacher", "coles", "/sweep/teacher/t1/checkpoint_000002",
+                                 Selection("probe_score", "max", 0.7, 1.5), {"optim.lr": 0.01}, seed=4)
+    # a fresh callback pickles as it is
+    fresh = ScoreOnComplete("evaluator-x", restored.scoring)
+    assert pickle.loads(pickle.dumps(fresh)).scoring == restored.scoring

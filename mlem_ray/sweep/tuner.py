@@ -173,6 +173,15 @@ class ScoreOnComplete(tune.Callback):
         self.actor_name = [actor_name] if isinstance(actor_name, str) else list(actor_name)  # the pool's names
         self.scoring = scoring
 
+    def __setstate__(self, state: dict) -> None:
+        """Tune restores a stage's callbacks from its saved experiment: one an older driver saved
+        holds the stage's figures as loose attributes (its resumed sweep still scores)."""
+        if "scoring" not in state:
+            state = {"actor_name": state["actor_name"], "scoring": StageScoring(
+                state["stage"], state["method"], tuple(state["swept"]), state["metric"], state["mode"],
+                state.get("reseed_of", ""), state.get("out", ""))}
+        self.__dict__.update(state)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         found = kept_checkpoint(trial.run_metadata.checkpoint_manager.best_checkpoint_result)
         if found is None and trial.local_path:  # a multi-worker trial: checkpoints live in its Train run
