@@ -45,7 +45,7 @@ def test_an_old_row_loads_with_the_defaults_and_writes_back_unchanged():
     assert (row.stage, row.status, row.error, row.reseed_of, row.seed) == ("coles", "ok", "", "", 0)
     assert (row.primary_metric, row.primary_mode, row.selection_metric) == ("primary", "min", "")
     assert math.isnan(row.selection_value) and math.isnan(row.scored_at) and row.repeats is None
-    assert row.ok and row.metrics == {"tree_cv_mse_mean": 0.5}
+    assert leaderboard.is_ok(row.flat()) and row.metrics == {"tree_cv_mse_mean": 0.5}
     # what a reader does not know is kept, and a frame gets every column of the row type
     board = leaderboard.frame([row, Row.from_json(FULL)])
     assert set(leaderboard.BOOKKEEPING) <= set(board.columns) and "from_a_newer_driver" in board.columns

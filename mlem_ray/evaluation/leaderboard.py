@@ -35,6 +35,11 @@ One row per scored trial. Columns:
                             not fit) or errored (the trial itself ended in an error), with the
                             reason in one line. Only ok rows are ranked; the report lists the rest
   <metric>                  every downstream metric of the evaluation (tree_*, linear_*, ...)
+
+`Row` is the type of one row: its typed columns, the defaults a reader assumes for the ones an
+older driver did not write, and `from_json` / `to_json`, which read a stored row object and give it
+back byte for byte (unknown columns included). The actor writes rows through it and readers take
+them through it (`read_rows`, `frame`); `read` is the raw board the snapshot is rewritten from.
 """
 from __future__ import annotations
 
@@ -122,10 +127,6 @@ class Row:
     def swept(self) -> dict:
         """The params column parsed."""
         return parse_params(self.params)
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("", OK)
 
 
 _KINDS = {f.name: f.type for f in fields(Row) if f.name != "metrics"}
