@@ -44,6 +44,7 @@ MLEM = [sys.executable, "-m", "mlem_ray"]
 SCORE_SNIPPET = """
 import json, sys, time
 from mlem_ray.evaluation.actor import Evaluator
+from mlem_ray.evaluation.trial import TrialRecord
 mode, sweep, data, ckpt = sys.argv[1:5]
 ev = Evaluator(sweep, data, threads=1)
 out = {}
@@ -55,9 +56,9 @@ if mode == "baseline":
     out["seconds"], out["n_train"], out["n_test"] = time.perf_counter() - t0, base["n_train"], base["n_test"]
 else:
     if ev.baseline is None:
-        ev.score("warm-up", "bench", "coles", ckpt, {}, {})
+        ev.score(TrialRecord("warm-up", "bench", "coles", ckpt))
     t0 = time.perf_counter()
-    row = ev.score("trial", "bench", "coles", ckpt, {}, {})
+    row = ev.score(TrialRecord("trial", "bench", "coles", ckpt))
     out["seconds"], out["status"] = time.perf_counter() - t0, row["status"] + " " + str(row.get("error", ""))
     out["n_train"], out["n_test"] = row.get("n_train"), row.get("n_test")
 print("RESULT " + json.dumps(out))

@@ -96,9 +96,9 @@ def curve(out: Path) -> list[dict]:
 def run_one(data: Path, work: Path, dataset: str, rep: int, method: str, args) -> dict:
     import ray
 
-    from mlem_ray.evaluation.actor import get_or_create_actor
+    from mlem_ray.evaluation.actor import EvaluatorPool, get_or_create_actor
     from mlem_ray.sweep import warm_start
-    from mlem_ray.sweep.tuner import run_stage
+    from mlem_ray.sweep.tuner import StageJob, StageOutput, StageSearch, TrialResources, run_stage
 
     out = work / f"{dataset}_rep{rep}_{method}"
     if (out / "done.json").exists():
@@ -114,8 +114,9 @@ def run_one(data: Path, work: Path, dataset: str, rep: int, method: str, args) -
     name = f"bench-{dataset}-{rep}-{method}"
     actor = get_or_create_actor(out, data, name, cpus=0, folds=2, tree_iters=100, aggregates=False)
     t0 = time.perf_counter()
-    run_stage("coles", stage, str(out), {"data.path": str(data), "train.threads": 1}, actor, name, 1.0, 1,
-              resume=False, warm=warm, time_budget_s=args.budget_s)
+    run_stage(StageJob("coles", stage, {"data.path": str(data), "train.threads": 1}), StageOutput(str(out)),
+              EvaluatorPool.of(actor, name), TrialResources(cpus_per_trial=1.0, max_concurrent=1),
+              StageSearch(warm=warm, time_budget_s=args.budget_s))
     wall = time.perf_counter() - t0
     ray.kill(actor)
     result = {"method": method, "wall_s": wall, "trials": curve(out)}

@@ -9,7 +9,6 @@ one of its names, and each function imports its layer when called.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 
@@ -70,32 +69,22 @@ def pretrain(data, method: str, out, *, epochs: int | None = None, teacher=None,
     `config`: a YAML file (as `--config`), or a `Config` / nested dict; `overrides`:
     {"section.key": value} (as `--set`). Refusals (a bad key, no targets for supervised, a missing
     teacher, `out` already holding a run without `resume` or `overwrite`) raise a UserError."""
-    import argparse
-    import tempfile
-
     from . import storage
     from .config import Config
+    from .training.run import PretrainJob, read_config_file, run_overrides, run_pretrain
 
-    # A run's lifecycle (resume, overwrite, staging to object storage, Ray Train) lives in one
-    # place, reached here by one call; this wrapper only turns Python values into its arguments.
-    from .cli import _pretrain as run_lifecycle
-
-    with tempfile.TemporaryDirectory() as tmp:
-        if isinstance(config, (Config, dict)):
-            import yaml
-
-            path = Path(tmp) / "config.yaml"
-            path.write_text(yaml.safe_dump(config.to_dict() if isinstance(config, Config) else config))
-            config = path
-        args = argparse.Namespace(
-            data=str(data), method=method, teacher=str(teacher) if teacher else None, epochs=epochs,
-            out=str(out), config=Path(config) if config else None,
-            # JSON is YAML, so each value reads back as the same type through --set's parser.
-            set=[f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items()],
-            resume=resume, overwrite=overwrite, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
-        )
-        run_lifecycle(args)
-    return storage.join(str(out), "best")
+    # The run's lifecycle (resume, overwrite, staging to object storage, Ray Train) is
+    # training/run.py's, as it is for the CLI; this only turns Python values into its job.
+    if isinstance(config, Config):
+        base = config.to_dict()
+    elif isinstance(config, dict):
+        base = config
+    else:
+        base = read_config_file(config) if config else None
+    job = PretrainJob(method=method, data=str(data), out=str(out), base=base,
+                      overrides=run_overrides(overrides or {}, epochs, teacher), resume=resume, overwrite=overwrite,
+                      workers=workers, gpus_per_worker=gpus_per_worker, address=address)
+    return storage.join(run_pretrain(job).out, "best")
 
 
 class Encoder:

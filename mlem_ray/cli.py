@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .errors import DataError, NonFiniteLossError, UsageError, UserError
+from .errors import NonFiniteLossError, UsageError, UserError
 
 
 def _csv_list(text: str | None) -> tuple[str, ...]:
@@ -83,45 +83,23 @@ def _data(args) -> int:
 
 def _config_sources(args) -> tuple[dict | None, dict]:
     """(--config YAML as a nested dict or None, flat overrides from --set, --epochs and --teacher)."""
-    import yaml
-
     from .config import parse_overrides
+    from .training.run import read_config_file, run_overrides
 
-    base = None
-    if getattr(args, "config", None):
-        if not Path(args.config).exists():
-            raise UsageError(f"--config {args.config} does not exist")
-        try:
-            base = yaml.safe_load(Path(args.config).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UsageError(f"--config {args.config} is not valid YAML: {str(e).splitlines()[0]}") from None
-    overrides = parse_overrides(args.set)
-    if args.epochs is not None:
-        overrides["train.epochs"] = args.epochs
-    if getattr(args, "teacher", None):
-        overrides["objective.teacher"] = str(args.teacher)
-    return base, overrides
+    base = read_config_file(args.config) if getattr(args, "config", None) else None
+    return base, run_overrides(parse_overrides(args.set), args.epochs, getattr(args, "teacher", None))
 
 
 def _check_data_dir(path) -> None:
-    from . import storage
+    from .data.schema import check_prepared
 
-    try:
-        found = storage.exists(storage.join(path, "schema.json"))
-    except OSError as e:
-        raise DataError(f"--data {path}: cannot read it ({storage.explain(e)})") from None
-    if not found:
-        raise DataError(f"--data {path} is not a prepared data set (no schema.json); create it with `mlem-ray data ...`")
+    check_prepared(path)
 
 
 def _pretrain(args) -> int:
-    from .config import METHODS
     from .training.run import PretrainJob, run_pretrain
 
-    if not args.method and not args.resume:
-        raise UsageError(f"--method is required ({', '.join(METHODS)}); only --resume takes the saved run's")
-    _check_data_dir(args.data)
-    base, overrides = _config_sources(args)
+    base, overrides = _config_sources(args)  # the method and the data set are checked by run_pretrain
     job = PretrainJob(method=args.method or "", data=str(args.data), out=str(args.out or ""), overrides=overrides,
                       base=base, resume=args.resume, overwrite=args.overwrite, workers=args.workers,
                       gpus_per_worker=args.gpus_per_worker, address=args.address)

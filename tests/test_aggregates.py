@@ -63,6 +63,7 @@ def test_sweep_evaluator_scores_the_baseline_once_and_the_report_shows_it(tmp_pa
     from mlem_ray.config import make_config
     from mlem_ray.evaluation import leaderboard
     from mlem_ray.evaluation.actor import Evaluator
+    from mlem_ray.evaluation.trial import TrialRecord
     from mlem_ray.sweep.report import build_report
     from mlem_ray.training import LocalReporter, train
 
@@ -74,7 +75,7 @@ def test_sweep_evaluator_scores_the_baseline_once_and_the_report_shows_it(tmp_pa
     sweep.mkdir()
     ev = Evaluator(sweep, data, folds=2, tree_iters=10)
     for trial in ("a", "b"):
-        row = ev.score(trial, "compare_coles", "coles", str(tmp_path / "run" / "last"), {}, {})
+        row = ev.score(TrialRecord(trial, "compare_coles", "coles", str(tmp_path / "run" / "last")))
         assert np.isfinite(row["with_aggregates_tree_cv_mse_mean"])
     base = leaderboard.read_baseline(sweep)
     assert base["method"] == "aggregates" and base["features"] == 12 and np.isfinite(base["tree_test_mse"])

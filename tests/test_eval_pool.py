@@ -14,12 +14,13 @@ ray = pytest.importorskip("ray")
 from mlem_ray.config import make_config  # noqa: E402
 from mlem_ray.evaluation import leaderboard  # noqa: E402
 from mlem_ray.evaluation.actor import ACTOR_OPTIONS, Evaluator, EvaluatorPool, pool_names  # noqa: E402
+from mlem_ray.evaluation.trial import Selection, TrialRecord  # noqa: E402
 from mlem_ray.sweep.pipeline import SweepJob, evaluator_name, run_sweep  # noqa: E402
 from mlem_ray.training import LocalReporter, train  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
-SELECTION = {"selection_metric": "val_loss", "selection_mode": "min", "selection_value": 1.0, "val_loss": 1.0}
+SELECTION = Selection(selection_metric="val_loss", selection_mode="min", selection_value=1.0, val_loss=1.0)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -69,12 +70,12 @@ def test_killing_one_actor_of_two_mid_queue_still_gives_one_row_per_trial(tmp_pa
     pool = slow_pool(out, data, 2)
     pids = [i["pid"] for i in pool.info()]
     trials = [f"t{i}" for i in range(6)]
-    refs = [pool.score(t, "teacher", "coles", str(checkpoint), SELECTION, {"optim.lr": 0.01 * (i + 1)})
+    refs = [pool.score(TrialRecord(t, "teacher", "coles", str(checkpoint), SELECTION, {"optim.lr": 0.01 * (i + 1)}))
             for i, t in enumerate(trials)]
     # least busy first: the six trials alternate between the two actors
     assert [pool._assigned[t] for t in trials] == [0, 1, 0, 1, 0, 1]
     # a trial sent again goes to the same actor, queues behind its first call and scores nothing
-    again = pool.score("t1", "teacher", "coles", str(checkpoint), SELECTION, {})
+    again = pool.score(TrialRecord("t1", "teacher", "coles", str(checkpoint), SELECTION))
     deadline = time.time() + 120
     while time.time() < deadline and len(leaderboard.read(out)) < 1:
         time.sleep(0.1)

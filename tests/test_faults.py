@@ -3,6 +3,7 @@ trial that errors (a row with status errored and its reason), the evaluation act
 (retried when its process dies, never when a call raises), and the report listing all of them."""
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 from mlem_ray.config import make_config
 from mlem_ray.evaluation import leaderboard
 from mlem_ray.evaluation.actor import Evaluator
+from mlem_ray.evaluation.trial import Selection, TrialRecord
 from mlem_ray.sweep.report import build_report
 from mlem_ray.training import LocalReporter, train
 
@@ -52,24 +54,25 @@ class CountingEvaluator(Evaluator):
         return super()._evaluate(checkpoint)
 
 
-SELECTION = {"selection_metric": "probe_score", "selection_mode": "max", "selection_value": 0.5, "val_loss": 1.0}
+SELECTION = Selection(selection_metric="probe_score", selection_mode="max", selection_value=0.5, val_loss=1.0)
 
 
 def test_a_failed_scoring_is_a_row_with_its_reason_and_is_not_retried(tmp_path, data, checkpoints):
     good, nan = checkpoints
     ev = CountingEvaluator(tmp_path, data, folds=2, tree_iters=20)
-    failed = ev.score("t_nan", "teacher", "coles", str(nan), SELECTION, {"optim.lr": 0.01})
+    failed = ev.score(TrialRecord("t_nan", "teacher", "coles", str(nan), SELECTION, {"optim.lr": 0.01}))
     assert failed["status"] == "failed" and "NaN" in failed["error"] and "\n" not in failed["error"]
     assert failed["primary_value"] != failed["primary_value"]  # NaN: never ranked
-    ok = ev.score("t_ok", "teacher", "coles", str(good), {**SELECTION, "selection_value": 0.1}, {"optim.lr": 0.02})
+    ok = ev.score(TrialRecord("t_ok", "teacher", "coles", str(good), replace(SELECTION, selection_value=0.1),
+                             {"optim.lr": 0.02}))
     assert ok["status"] == "ok" and ok["error"] == ""
     # asked again (a resumed driver re-submits): the stored row, no second scoring
-    assert ev.score("t_nan", "teacher", "coles", str(nan), SELECTION, {})["status"] == "failed"
+    assert ev.score(TrialRecord("t_nan", "teacher", "coles", str(nan), SELECTION))["status"] == "failed"
     assert ev.calls == 2
     # an errored trial is listed, and replaced once a re-run of it is scored
-    ev.record_error("t_err", "teacher", "coles", "Traceback...\nConfigError: data.batch_size must be > 0", {})
-    ev.record_error("t_redo", "teacher", "coles", "RayActorError: the actor died", {})
-    assert ev.score("t_redo", "teacher", "coles", str(good), SELECTION, {})["status"] == "ok"
+    ev.record_error(TrialRecord("t_err", "teacher", "coles"), "Traceback...\nConfigError: data.batch_size must be > 0")
+    ev.record_error(TrialRecord("t_redo", "teacher", "coles"), "RayActorError: the actor died")
+    assert ev.score(TrialRecord("t_redo", "teacher", "coles", str(good), SELECTION))["status"] == "ok"
     board = leaderboard.read(tmp_path)
     assert sorted(board["trial_id"]) == ["t_err", "t_nan", "t_ok", "t_redo"]
     assert dict(zip(board["trial_id"], board["status"])) == {"t_nan": "failed", "t_ok": "ok", "t_err": "errored",
@@ -85,7 +88,7 @@ def test_a_failed_scoring_is_a_row_with_its_reason_and_is_not_retried(tmp_path, 
 
 def test_a_report_of_only_failed_trials_still_lists_them(tmp_path, data, checkpoints):
     ev = Evaluator(tmp_path, data, folds=2, tree_iters=20)
-    ev.score("t_nan", "teacher", "coles", str(checkpoints[1]), SELECTION, {})
+    ev.score(TrialRecord("t_nan", "teacher", "coles", str(checkpoints[1]), SELECTION))
     text = build_report(tmp_path)
     assert "No trial was scored" in text and "t_nan" in text
 
@@ -149,7 +152,8 @@ def test_a_stage_goes_on_past_a_failed_scoring_and_an_errored_trial(ray_session,
 
     from mlem_ray.sweep.pipeline import _resolve_metrics, evaluator_name
     from mlem_ray.sweep.space import SearchSpace
-    from mlem_ray.sweep.tuner import run_stage
+    from mlem_ray.evaluation.actor import EvaluatorPool
+    from mlem_ray.sweep.tuner import StageJob, StageOutput, StageSearch, TrialResources, run_stage
 
     doc = {"method": "coles", "sweep": {"trials": 3, "epochs": 1, "scheduler": "none", "selection": "rankme", "finalists": 1},
            "params": {"model.hidden": 16, "data.slice_min": 5, "data.slice_max": 20, "train.steps_per_epoch": 2}}
@@ -165,9 +169,9 @@ def test_a_stage_goes_on_past_a_failed_scoring_and_an_errored_trial(ray_session,
     actor = ray.remote(FailFirstEvaluator).options(name=actor_name, namespace="mlem_ray", **ACTOR_OPTIONS).remote(
         str(out), str(data), folds=2, tree_iters=20)
     # batch size 0 cannot even build a config: that trial errors (twice: FailureConfig retries it once)
-    rows = run_stage(name, stage, out, {"data.path": str(data), "train.threads": 1}, actor, actor_name, 1.0, 1,
-                     resume=False, param_space={"data.batch_size": tune.grid_search([16, 0, 16]),
-                                                "train.seed": 0})
+    rows = run_stage(StageJob(name, stage, {"data.path": str(data), "train.threads": 1}), StageOutput(out),
+                     EvaluatorPool.of(actor, actor_name), TrialResources(cpus_per_trial=1.0, max_concurrent=1),
+                     StageSearch(param_space={"data.batch_size": tune.grid_search([16, 0, 16]), "train.seed": 0}))
     by_status = sorted(r["status"] for r in rows)
     assert by_status == ["errored", "failed", "ok"], rows
     errored = next(r for r in rows if r["status"] == "errored")

@@ -85,6 +85,7 @@ def test_evaluator_scores_every_trial_and_the_baseline_on_the_same_rows(tmp_path
     from mlem_ray.config import make_config
     from mlem_ray.evaluation import aggregates, evaluate, leaderboard, probes
     from mlem_ray.evaluation.actor import Evaluator
+    from mlem_ray.evaluation.trial import TrialRecord
     from mlem_ray.training import LocalReporter, train
 
     cfg = make_config("coles", {"data.path": str(binary.path), "model.hidden": 8, "data.batch_size": 16,
@@ -101,7 +102,7 @@ def test_evaluator_scores_every_trial_and_the_baseline_on_the_same_rows(tmp_path
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     ev = Evaluator(sweep, binary.path, folds=2, tree_iters=5, probe_size=400, test_size=150, quality_size=300)
-    rows = [ev.score(t, "s", "coles", str(tmp_path / "run" / "last"), {}, {}) for t in ("a", "b")]
+    rows = [ev.score(TrialRecord(t, "s", "coles", str(tmp_path / "run" / "last"))) for t in ("a", "b")]
     assert all(r["status"] == leaderboard.OK for r in rows)
     assert len(seen) == 2 * 3 + 2  # per trial: tree, linear, embedding + aggregates; baseline: tree, linear
     n, targets, split = seen[0]

@@ -150,3 +150,16 @@ class Schema:
 
 def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_prepared(path) -> None:
+    """Refuse, with one line, a --data that is not a prepared data set (no schema.json), before
+    anything opens it. `path`: a directory or a storage URI."""
+    from .. import storage
+
+    try:
+        found = storage.exists(storage.join(path, "schema.json"))
+    except OSError as e:
+        raise DataError(f"--data {path}: cannot read it ({storage.explain(e)})") from None
+    if not found:
+        raise DataError(f"--data {path} is not a prepared data set (no schema.json); create it with `mlem-ray data ...`")

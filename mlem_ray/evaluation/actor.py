@@ -1,7 +1,8 @@
 """The evaluation actors: a pool of them per sweep (`EvaluatorPool`), each scoring finished trials'
 best checkpoints downstream, all appending to the one leaderboard.
 
-- Work arrives from a Tune callback as `score` calls, sent to the pool's least busy actor (and a
+- Work arrives from a Tune callback as `score` calls, one finished trial's record each
+  (evaluation/trial.py: TrialRecord), sent to the pool's least busy actor (and a
   trial already sent somewhere back to that same actor, so a re-submitted call queues behind the
   first); an actor runs its calls one at a time, so they queue in its mailbox.
 - Every result is appended to the leaderboard (evaluation/leaderboard.py: one row object per
@@ -32,6 +33,7 @@ import time
 from .. import storage
 from . import leaderboard
 from .subsets import DEFAULT_PROBE_SIZE, DEFAULT_QUALITY_SIZE, DEFAULT_TEST_SIZE, scoring_rows
+from .trial import TrialRecord
 
 
 class Evaluator:
@@ -88,38 +90,31 @@ class Evaluator:
         row = self._on_board(trial_id)
         return None if row is None or row.get("status") == leaderboard.ERRORED else row
 
-    def _add(self, row: dict) -> None:
-        """Append `row`, replacing an errored row of the same trial."""
+    def _add(self, row: leaderboard.Row) -> dict:
+        """Append `row`, replacing an errored row of the same trial. -> the row as stored."""
         board = self.board
         if not board.empty:
-            board = board[board["trial_id"] != row["trial_id"]].reset_index(drop=True)
+            board = board[board["trial_id"] != row.trial_id].reset_index(drop=True)
         self.board = leaderboard.append(self.sweep_dir, board, row)
+        return row.to_json()
 
-    def record_error(self, trial_id: str, stage: str, method: str, error: str, params: dict, seed: int = 0,
-                     reseed_of: str = "") -> dict:
+    def record_error(self, trial: TrialRecord, error: str) -> dict:
         """A row saying the trial errored and why (the report lists it); a trial already on the
         board is left as it is."""
         with self._scoring:
-            found = self._on_board(trial_id)
+            found = self._on_board(trial.trial_id)
             if found is not None:
                 return found
-            row = {"trial_id": trial_id, "stage": stage, "method": method, "checkpoint": "",
-                   "params": json.dumps(params, sort_keys=True, default=str), "seed": int(seed),
-                   "reseed_of": reseed_of, "scored_at": time.time(), "status": leaderboard.ERRORED,
-                   "error": leaderboard.reason(error)}
-            self._add(row)
-            return row
+            return self._add(_row(trial, status=leaderboard.ERRORED, error=leaderboard.reason(error)))
 
-    def score(self, trial_id: str, stage: str, method: str, checkpoint: str, selection: dict, params: dict,
-              seed: int = 0, reseed_of: str = "", trial_dir: str = "") -> dict:
-        """Score once; a repeated call for the same trial returns the stored row. `selection`: the
-        in-trial score at the checkpoint (selection_metric, selection_mode, selection_value) and its
-        val_loss, stored beside the downstream score."""
+    def score(self, trial: TrialRecord) -> dict:
+        """Score the trial's checkpoint once; a repeated call for the same trial returns the stored
+        row. The trial's in-trial selection figures are stored beside the downstream score."""
         with self._scoring:
-            return self._score(trial_id, stage, method, checkpoint, selection, params, seed, reseed_of, trial_dir)
+            return self._score(trial)
 
-    def _score(self, trial_id, stage, method, checkpoint, selection, params, seed, reseed_of, trial_dir) -> dict:
-        done = self._done(trial_id)
+    def _score(self, trial: TrialRecord) -> dict:
+        done = self._done(trial.trial_id)
         if done is not None:
             return done
         from threadpoolctl import threadpool_limits
@@ -127,7 +122,7 @@ class Evaluator:
         self.scored += 1
         try:
             with threadpool_limits(self.threads or cpu_share()):
-                result = self._evaluate(checkpoint)
+                result = self._evaluate(trial.checkpoint)
                 if self.aggregates and self.baseline_owner and self.baseline is None:
                     self.baseline = self._score_baseline()
             metric, mode = leaderboard.downstream_metric(result["task"])
@@ -136,21 +131,12 @@ class Evaluator:
             # Deterministic for this checkpoint: recorded, not retried; the stage goes on.
             result, metric, mode = {}, "", ""
             status, error = leaderboard.FAILED, leaderboard.reason(e)
-        row = {
-            "trial_id": trial_id, "stage": stage, "method": method, "checkpoint": str(checkpoint),
-            "selection_metric": str(selection.get("selection_metric", "val_loss")),
-            "selection_mode": str(selection.get("selection_mode", "min")),
-            "selection_value": float(selection.get("selection_value", float("nan"))),
-            "val_loss": float(selection.get("val_loss", float("nan"))),
-            "params": json.dumps(params, sort_keys=True, default=str), "seed": int(seed),
-            "reseed_of": reseed_of, "primary_metric": metric, "primary_mode": mode,
-            "primary_value": float(result[metric]) if metric else float("nan"), "scored_at": time.time(),
-            "status": status, "error": error, **leaderboard.selection_extras(selection),
-            **{k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-        }
-        self._add(row)
+        row = self._add(_row(
+            trial, **trial.selection.columns(), primary_metric=metric, primary_mode=mode,
+            primary_value=float(result[metric]) if metric else float("nan"), status=status, error=error,
+            metrics={k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}))
         if status == leaderboard.OK:
-            self._tensorboard(row, params, trial_dir)
+            self._tensorboard(row, trial.params, trial.trial_dir)
         return row
 
     def _score_baseline(self) -> dict:
@@ -204,6 +190,13 @@ class Evaluator:
     def info(self) -> dict:
         return {"pid": os.getpid(), "rows": len(self.board), "restored_rows": self.restored_rows,
                 "scored": self.scored}
+
+
+def _row(trial: TrialRecord, **columns) -> leaderboard.Row:
+    """The trial's leaderboard row: who it is, then `columns` (its scores or its error)."""
+    return leaderboard.Row(trial_id=trial.trial_id, stage=trial.stage, method=trial.method,
+                           checkpoint=str(trial.checkpoint), params=json.dumps(trial.params, sort_keys=True, default=str),
+                           seed=int(trial.seed), reseed_of=trial.reseed_of, scored_at=time.time(), **columns)
 
 
 def cpu_share() -> int:
@@ -312,18 +305,18 @@ class EvaluatorPool:
         self._assigned[trial_id] = index
         return index
 
-    def score(self, trial_id: str, *args):
+    def score(self, trial: TrialRecord):
         """Evaluator.score on the trial's actor. -> its ObjectRef."""
         with self._lock:
-            index = self._choose(trial_id)
-            ref = self.actors[index].score.remote(trial_id, *args)
+            index = self._choose(trial.trial_id)
+            ref = self.actors[index].score.remote(trial)
             self._pending[index].append(ref)
         return ref
 
-    def record_error(self, trial_id: str, *args):
+    def record_error(self, trial: TrialRecord, error: str):
         with self._lock:
-            index = self._choose(trial_id)
-            return self.actors[index].record_error.remote(trial_id, *args)
+            index = self._choose(trial.trial_id)
+            return self.actors[index].record_error.remote(trial, error)
 
     def info(self, timeout_s: float = 60.0) -> list[dict]:
         import ray

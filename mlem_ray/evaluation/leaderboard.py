@@ -35,12 +35,18 @@ One row per scored trial. Columns:
                             not fit) or errored (the trial itself ended in an error), with the
                             reason in one line. Only ok rows are ranked; the report lists the rest
   <metric>                  every downstream metric of the evaluation (tree_*, linear_*, ...)
+
+`Row` is the type of one row: its typed columns, the defaults a reader assumes for the ones an
+older driver did not write, and `from_json` / `to_json`, which read a stored row object and give it
+back byte for byte (unknown columns included). The actor writes rows through it and readers take
+them through it (`read_rows`, `frame`); `read` is the raw board the snapshot is rewritten from.
 """
 from __future__ import annotations
 
 import io
 import json
 import math
+from dataclasses import dataclass, field, fields
 
 import pandas as pd
 
@@ -49,20 +55,142 @@ from .. import storage
 FILE = "leaderboard.parquet"
 ROWS = "leaderboard.rows"  # one JSON object per trial (see the module docstring)
 
-# Bookkeeping columns: every other numeric column is a downstream metric.
-BOOKKEEPING = ("trial_id", "stage", "method", "checkpoint", "params", "seed", "reseed_of", "selection_metric",
-               "selection_mode", "selection_value", "val_loss", "primary_metric", "primary_mode", "primary_value",
-               "scored_at", "status", "error", "selection_mean", "selection_std", "repeats", "cost_metric",
-               "cost_value")
-# Optional in-trial columns the sweep hands the actor with the selection score (None: not this trial).
-SELECTION_EXTRAS = {"selection_mean": float, "selection_std": float, "repeats": float, "cost_metric": str,
-                    "cost_value": float}
-
-
-def selection_extras(selection: dict) -> dict:
-    """The optional columns of one row: repeats' mean and std, a multi-objective stage's cost."""
-    return {k: kind(selection[k]) for k, kind in SELECTION_EXTRAS.items() if k in selection}
 OK, FAILED, ERRORED = "ok", "failed", "errored"
+_NAN = math.nan
+
+
+@dataclass(frozen=True)
+class Row:
+    """One leaderboard row, typed, with the defaults a reader assumes for a column an older driver
+    did not write (in one place: every reader goes through `from_json` or `frame`). The fields are
+    the columns of the module docstring, in the order the actor writes them; `metrics` holds every
+    other column as written: the downstream metrics and any column this version does not know
+    (a newer driver's), so nothing is dropped when a row is read and written back."""
+
+    trial_id: str
+    stage: str = ""  # missing: the row's method (boards from before stages had one per method)
+    method: str = ""
+    checkpoint: str = ""
+    selection_metric: str = ""
+    selection_mode: str = ""
+    selection_value: float = _NAN
+    val_loss: float = _NAN
+    params: str = "{}"  # JSON text, as stored; `swept()` parses it
+    seed: int = 0
+    reseed_of: str = ""
+    primary_metric: str = "primary"
+    primary_mode: str = "min"
+    primary_value: float = _NAN
+    scored_at: float = _NAN
+    status: str = OK  # a board from before the status column holds only scored rows
+    error: str = ""
+    # Only on some rows (None: not this trial's): sweep.repeats' seeds, sweep.cost's objective.
+    selection_mean: float | None = None
+    selection_std: float | None = None
+    repeats: float | None = None
+    cost_metric: str | None = None
+    cost_value: float | None = None
+    metrics: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, record: dict) -> "Row":
+        """A row as stored (a row object, or a record of the snapshot's frame, where a column
+        another row has is None or NaN): missing or unreadable values take the defaults above."""
+        values, metrics = {}, {}
+        for key, value in record.items():
+            kind = _KINDS.get(key)
+            if kind is None:
+                metrics[key] = _plain_value(value)
+                continue
+            value = _typed(kind, value)
+            if value is not _MISSING:
+                values[key] = value
+        if "stage" not in values and "method" in values:
+            values["stage"] = values["method"]
+        return cls(trial_id=values.pop("trial_id", ""), metrics=metrics, **values)
+
+    def to_json(self) -> dict:
+        """The row object as the actor writes it: the columns in order, the optional ones only
+        where set, and an errored trial without the score columns it never had."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "metrics" or value is None or (self.status == ERRORED and f.name in _SCORE_COLUMNS):
+                continue
+            out[f.name] = value
+        return {**out, **self.metrics}
+
+    def flat(self) -> dict:
+        """Every column, defaults filled in (None for an optional one this row lacks): a frame's record."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "metrics"}, **self.metrics}
+
+    def swept(self) -> dict:
+        """The params column parsed."""
+        return parse_params(self.params)
+
+
+_KINDS = {f.name: f.type for f in fields(Row) if f.name != "metrics"}
+# The columns a scoring writes and an errored trial (never scored) does not have.
+_SCORE_COLUMNS = ("selection_metric", "selection_mode", "selection_value", "val_loss", "primary_metric",
+                  "primary_mode", "primary_value")
+# Bookkeeping columns: every other numeric column is a downstream metric.
+BOOKKEEPING = tuple(_KINDS)
+
+
+_MISSING = object()
+
+
+def _typed(kind: str, value):
+    """`value` as a field's type (the annotations are strings here: `from __future__ import
+    annotations`), or _MISSING: None, NaN where a text or whole number belongs (the frame's gap
+    filler), or a value of another type. A float field keeps NaN: a row may store one."""
+    value = _plain_value(value)
+    if value is None or (isinstance(value, float) and math.isnan(value) and not kind.startswith("float")):
+        return _MISSING
+    try:
+        if kind.startswith("str"):
+            return value if isinstance(value, str) else str(value)
+        return int(value) if kind.startswith("int") else float(value)
+    except (TypeError, ValueError):
+        return _MISSING
+
+
+def _plain_value(value):
+    """A numpy scalar as the Python one (what json writes)."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
+
+
+def parse_params(text) -> dict:
+    """The params column is a JSON object; a damaged one becomes {} rather than failing its reader."""
+    if isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text) if isinstance(text, str) and text else {}
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def rows_of(board) -> list[Row]:
+    """A frame (leaderboard.read's) or a list of row dicts, as typed rows."""
+    records = board.to_dict("records") if isinstance(board, pd.DataFrame) else list(board)
+    return [r if isinstance(r, Row) else Row.from_json(r) for r in records]
+
+
+def frame(rows: list[Row]) -> pd.DataFrame:
+    """Rows as a frame with every column of `Row`, defaults filled in (the report's view)."""
+    extra = dict.fromkeys(k for r in rows for k in r.metrics)
+    return pd.DataFrame.from_records([r.flat() for r in rows], columns=[*BOOKKEEPING, *extra])
+
+
+def read_rows(sweep_dir) -> list[Row]:
+    """The leaderboard as typed rows (see `read`)."""
+    return rows_of(read(sweep_dir))
+
+
+def originals(rows: list[Row], stage: str) -> list[dict]:
+    """A stage's rows that are not re-seeds (the trials its search ran), as records for best/ranked."""
+    return [r.flat() for r in rows if r.stage == stage and not r.reseed_of]
 
 
 def path(sweep_dir) -> str:
@@ -109,14 +237,16 @@ def read_row(sweep_dir, trial_id: str) -> dict | None:
     return json.loads(storage.read_text(where)) if storage.exists(where) else None
 
 
-def append(sweep_dir, board: pd.DataFrame, row: dict) -> pd.DataFrame:
-    """Write `row` (its trial's row object, replacing an earlier one of the same trial), then the
-    snapshot. -> `board` (the caller's view) with `row` in place of any row of the same trial."""
-    storage.write_text(row_location(sweep_dir, row["trial_id"]), json.dumps(_plain(row), default=str))
+def append(sweep_dir, board: pd.DataFrame, row: Row | dict) -> pd.DataFrame:
+    """Write `row` (a Row, or a row object's dict as it is to be stored) as its trial's row object,
+    replacing an earlier one of the same trial, then the snapshot. -> `board` (the caller's view)
+    with `row` in place of any row of the same trial."""
+    stored = _plain(row.to_json() if isinstance(row, Row) else row)
+    storage.write_text(row_location(sweep_dir, stored["trial_id"]), json.dumps(stored, default=str))
     write_snapshot(sweep_dir)
     if len(board) and "trial_id" in board:
-        board = board[board["trial_id"] != row["trial_id"]]
-    return pd.concat([board, pd.DataFrame([row])], ignore_index=True) if len(board) else pd.DataFrame([row])
+        board = board[board["trial_id"] != stored["trial_id"]]
+    return pd.concat([board, pd.DataFrame([stored])], ignore_index=True) if len(board) else pd.DataFrame([stored])
 
 
 def write_snapshot(sweep_dir) -> pd.DataFrame:
@@ -129,10 +259,7 @@ def write_snapshot(sweep_dir) -> pd.DataFrame:
 
 def _plain(row: dict) -> dict:
     """JSON-ready values (numpy scalars as Python ones; NaN stays NaN, which json reads back)."""
-    out = {}
-    for k, v in row.items():
-        out[k] = v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v
-    return out
+    return {k: _plain_value(v) for k, v in row.items()}
 
 
 def write_atomic(df: pd.DataFrame, target) -> None:

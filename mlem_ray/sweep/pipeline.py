@@ -221,14 +221,6 @@ class _Session:
     pool: object  # evaluation.actor.EvaluatorPool
     plan: object  # sweep.resources.Plan
 
-    @property
-    def actor(self):
-        return self.pool
-
-    @property
-    def actor_name(self) -> list[str]:
-        return self.pool.names
-
     def fixed(self, name: str, two_stage: bool, stage: StageSpace | None = None) -> dict:
         fixed = {"data.path": self.settings.data, "train.threads": self.plan.threads}
         # Trials that hold GPUs train on them, unless the space file pins train.device itself.
@@ -245,9 +237,18 @@ class _Session:
     def cpus_per_trial(self) -> float:
         return self.plan.trial_cpus if self.plan.inline else self.settings.cpus_per_trial
 
-    def stage_kwargs(self) -> dict:
+    def resources(self, stage: StageSpace):
+        """A stage's trial sizes, from the plan (tuner.TrialResources)."""
+        from .tuner import TrialResources
+
         gpus = self.plan.trial_gpus if self.plan.inline else self.plan.worker_gpus
-        return {"workers": self.plan.workers, "gpus_per_worker": gpus, "trackers": tuple(self.settings.trackers)}
+        return TrialResources(self.cpus_per_trial, self.max_concurrent(stage), self.plan.workers, gpus)
+
+    def output(self, resume: bool):
+        """Where every stage writes, and whether it continues what it finds (tuner.StageOutput)."""
+        from .tuner import StageOutput
+
+        return StageOutput(self.out, resume, tuple(self.settings.trackers))
 
 
 def check_storage_reachable(out: str, nodes: list[dict], data: str = "", timeout_s: float = 60.0) -> None:
@@ -406,7 +407,7 @@ def run_sweep(settings: SweepJob, address: str | None = None, resume: bool = Fal
 
 
 def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
-    from .tuner import run_stage
+    from .tuner import StageJob, StageSearch, run_stage
 
     space = load_space(settings.space)
     stages = _stages(space, settings)
@@ -436,9 +437,10 @@ def _run_sweep(settings: SweepJob, address: str | None, resume: bool) -> dict:
         print(f"\n== stage {name}: {stage.method}, {settings.trials or stage.sweep.trials} trials, "
               f"{max_concurrent} at a time, ranked by {stage.sweep.reported_metric} ({stage.sweep.mode}) ==",
               flush=True)
-        rows = run_stage(name, stage, out, stage_fixed, session.actor, session.actor_name, session.cpus_per_trial,
-                         max_concurrent, resume=resume, trials=(settings.trials or None) if planner is None else None,
-                         warm=warm.get(name), time_budget_s=time_budget_s, **session.stage_kwargs())
+        search = StageSearch(trials=(settings.trials or None) if planner is None else None, warm=warm.get(name),
+                             time_budget_s=time_budget_s)
+        rows = run_stage(StageJob(name, stage, stage_fixed), session.output(resume), session.pool,
+                         session.resources(stage), search)
         best = leaderboard.best(rows)
         failed = [r for r in rows if not leaderboard.is_ok(r)]
         summary["stages"][name] = {"method": stage.method, "scored": len(rows) - len(failed), "failed": failed,
@@ -482,31 +484,30 @@ def reseed_best(out, seeds=(1, 2), address: str | None = None) -> list[dict]:
     settings = _resolve(SweepJob(out=str(out)), resume=True)
     space = load_space(settings.space)
     stages = _resolve_metrics(_stages(space, settings), settings.data)
-    board = leaderboard.read(out)
-    if board.empty:
+    board = leaderboard.read_rows(out)
+    if not board:
         raise SweepError(f"{out} has no scored trial yet; run or resume the sweep first")
     with sweep_lock(settings.out):
         return _reseed(settings.out, settings, space, stages, board, seeds, address)
 
 
-def _reseed(out, settings, space, stages, board, seeds, address) -> list[dict]:
+def _reseed(out, settings, space, stages, board: list, seeds, address) -> list[dict]:
     from ray import tune
 
-    from .tuner import run_stage
+    from .tuner import StageJob, StageSearch, run_stage
 
     session = _start(settings, address, len(seeds))
     rows = []
     for name, stage in stages.items():
-        originals = board[(board["stage"] == name) & (board["reseed_of"].fillna("") == "")].to_dict("records")
-        best = leaderboard.best(originals)
+        best = leaderboard.best(leaderboard.originals(board, name))
         if best is None:
             continue
-        params = json.loads(best["params"])
+        params = leaderboard.parse_params(best["params"])
         print(f"\n== re-seeding {name} trial {best['trial_id']} with seeds {list(seeds)} ==", flush=True)
-        rows += run_stage(f"{name}_reseed_{best['trial_id']}", stage, session.out, session.fixed(name, space.is_two_stage),
-                          session.actor, session.actor_name, session.cpus_per_trial, session.max_concurrent(stage),
-                          resume=True, param_space={**params, "train.seed": tune.grid_search(list(seeds))},
-                          reseed_of=best["trial_id"], row_stage=name, **session.stage_kwargs())
+        job = StageJob(f"{name}_reseed_{best['trial_id']}", stage, session.fixed(name, space.is_two_stage),
+                       row_stage=name, reseed_of=best["trial_id"])
+        search = StageSearch(param_space={**params, "train.seed": tune.grid_search(list(seeds))})
+        rows += run_stage(job, session.output(resume=True), session.pool, session.resources(stage), search)
     return rows
 
 

@@ -185,15 +185,15 @@ def metrics_section(groups: list[MethodSummary]) -> list[str]:
         lines.append(f"| {column} | " + " | ".join(cells) + " |")
     lines += ["", "## Best trials: params", ""]
     for g in ranked:
-        params = parse_params(g.best.get("params"))
+        params = parse_params(g.best["params"])
         shown = ", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in sorted(params.items()))
         lines.append(f"- {g.label} `{g.best['trial_id']}`: {shown or '(no swept params)'}")
-        repeats = pd.to_numeric(pd.Series([g.best.get("repeats")]), errors="coerce").iloc[0]
+        repeats = pd.to_numeric(pd.Series([g.best["repeats"]]), errors="coerce").iloc[0]
         if math.isfinite(repeats) and repeats > 1:  # a trial of several seeds (sweep.repeats)
-            lines.append(f"  in-trial score over its {int(repeats)} seeds: {fmt(g.best.get('selection_mean'))} +- "
-                         f"{fmt(g.best.get('selection_std'))} (ranked by {g.best.get('selection_metric')} = "
-                         f"{fmt(g.best.get('selection_value'))})")
-        if g.best.get("checkpoint"):
+            lines.append(f"  in-trial score over its {int(repeats)} seeds: {fmt(g.best['selection_mean'])} +- "
+                         f"{fmt(g.best['selection_std'])} (ranked by {g.best['selection_metric']} = "
+                         f"{fmt(g.best['selection_value'])})")
+        if g.best["checkpoint"]:
             lines.append(f"  checkpoint: {g.best['checkpoint']}")
     return lines
 

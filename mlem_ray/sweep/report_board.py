@@ -1,10 +1,10 @@
 """The leaderboard as `mlem-ray report` reads it: refused with one line when it is missing,
-empty or foreign, and with the optional columns of older or newer drivers filled in."""
+empty or foreign, and with the optional columns of older or newer drivers filled in (the
+defaults are the leaderboard row type's: evaluation/leaderboard.py, Row)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .. import storage
@@ -41,16 +41,5 @@ def load_leaderboard(sweep_dir: Path) -> pd.DataFrame:
     if missing:
         raise ReportError(f"{path}: not a leaderboard (no column {missing[0]!r}); "
                           "it should be written by mlem-ray sweep")
-    defaults = {"stage": board["method"], "primary_metric": "primary", "primary_mode": "min", "status": "ok",
-                "selection_metric": "", "selection_mode": "", "selection_value": np.nan, "val_loss": np.nan,
-                "error": "",
-                "reseed_of": "", "params": "{}", "seed": 0, "scored_at": np.arange(len(board), dtype=float)}
-    for column, value in defaults.items():
-        if column not in board.columns:
-            board[column] = value
-    board["reseed_of"] = board["reseed_of"].fillna("").astype(str)
-    board["status"] = board["status"].fillna("ok").astype(str)
-    board["error"] = board["error"].fillna("").astype(str)
-    board["trial_id"] = board["trial_id"].astype(str)
-    board["primary_value"] = pd.to_numeric(board["primary_value"], errors="coerce")
-    return board.reset_index(drop=True)
+    # Every column present, each missing value the row type's default (evaluation/leaderboard.py: Row).
+    return leaderboard.frame(leaderboard.rows_of(board))

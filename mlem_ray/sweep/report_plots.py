@@ -106,25 +106,23 @@ def pareto_section(board: pd.DataFrame, out_dir: Path, figure) -> list[str]:
     against cost, listed (knee order, sweep/pareto.py) and drawn; [] when no stage has a cost."""
     from . import pareto
 
-    if "cost_value" not in board.columns:
-        return []
     lines = []
-    originals = board[board["reseed_of"] == ""] if "reseed_of" in board.columns else board
+    originals = board[board["reseed_of"] == ""]
     for stage, rows in originals.groupby("stage", sort=False):
         records = rows.to_dict("records")
         if not pareto.has_cost(records):
             continue
         front = pareto.knee_order(pareto.non_dominated(records))
-        cost = str(records[0].get("cost_metric") or "cost")
-        quality = str(records[0].get("selection_metric") or "in-trial score")
+        cost = str(records[0]["cost_metric"] or "cost")
+        quality = str(records[0]["selection_metric"] or "in-trial score")
         lines += [f"## Pareto front: {stage} ({quality} vs {cost}; {len(front)} of {len(records)} trials)", "",
                   "Knee order: both objectives rescaled over the front, by distance to the best quality at the "
                   "least cost; the stage's finalists are the first of these (sweep/pareto.py).", "",
-                  f"| trial | {quality} | {cost} | downstream ({records[0].get('primary_metric', 'primary')}) |",
+                  f"| trial | {quality} | {cost} | downstream ({records[0]['primary_metric']}) |",
                   "|---|---|---|---|"]
         for r in front:
             lines.append(f"| {r['trial_id']} | {_num(r['selection_value'])} | {_num(r['cost_value'])} | "
-                         f"{_num(r.get('primary_value'))} |")
+                         f"{_num(r['primary_value'])} |")
         path = out_dir / f"pareto_{stage}.png"
         fig = figure(6.0, 4.0)
         ax = fig.add_subplot(111)
@@ -134,7 +132,7 @@ def pareto_section(board: pd.DataFrame, out_dir: Path, figure) -> list[str]:
         ax.plot([float(r["cost_value"]) for r in ordered], [float(r["selection_value"]) for r in ordered], "o-",
                 color="tab:red", label="Pareto front")
         ax.set_xlabel(f"{cost} (lower is better)")
-        ax.set_ylabel(f"{quality} ({'higher' if records[0].get('selection_mode') == 'max' else 'lower'} is better)")
+        ax.set_ylabel(f"{quality} ({'higher' if records[0]['selection_mode'] == 'max' else 'lower'} is better)")
         ax.set_title(f"{stage}: quality against cost")
         ax.legend(loc="best", fontsize=8)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +165,7 @@ def spearman(x, y) -> tuple[float, int]:
 def selection_scatter(board: pd.DataFrame, path: Path, figure) -> list[str]:
     """Two panels: the in-trial selection score, and val_loss, against the downstream primary
     metric, one colour per stage, Spearman's rho in the legend -> report lines."""
-    rows = board[board["reseed_of"].fillna("") == ""]
+    rows = board[board["reseed_of"] == ""]
     primary = str(rows["primary_metric"].dropna().iloc[0]) if len(rows) else "primary"
     mode = str(rows["primary_mode"].dropna().iloc[0]) if len(rows) else "min"
     fig = figure(width=11.0, height=4.5)
@@ -203,8 +201,8 @@ def projector(board: pd.DataFrame, out_dir: Path, data_path: str | None, sample:
     projector run in `out_dir/projector` (metadata: id, split, target) -> report lines."""
     from ..evaluation import leaderboard
 
-    rows = board[board["reseed_of"].fillna("") == ""].to_dict("records")
-    main = [r for r in rows if r.get("stage") == "mlem"] or rows
+    rows = board[board["reseed_of"] == ""].to_dict("records")
+    main = [r for r in rows if r["stage"] == "mlem"] or rows
     best = leaderboard.best(main)
     if best is None or not data_path:
         return ["Projector skipped: no scored checkpoint, or the sweep's data set is unknown."]

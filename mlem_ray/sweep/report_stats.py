@@ -3,7 +3,6 @@ with), mean +- sample std over seeds, number formatting, and the in-memory Optun
 parameter importances are computed from."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -12,6 +11,7 @@ import pandas as pd
 
 from .. import storage
 from ..evaluation import leaderboard
+from ..evaluation.leaderboard import parse_params
 
 SPACE_FILE = "space.yaml"
 
@@ -96,17 +96,6 @@ def fmt_seeds(values) -> str:
     if n == 0:
         return "-"
     return f"{fmt(mean)} +- {fmt(std)} ({n} seeds)" if n > 1 else fmt(mean)
-
-
-def parse_params(text) -> dict:
-    """The params column is a JSON object; a damaged one becomes {} rather than failing the report."""
-    if isinstance(text, dict):
-        return text
-    try:
-        value = json.loads(text) if isinstance(text, str) and text else {}
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def load_space(path):

@@ -15,7 +15,6 @@ differs, is refused with one line before anything is written.
 """
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,16 +157,9 @@ def _check_point(where: str, name: str, stage: StageSpace, params: dict) -> None
 def _best_from_leaderboard(source: str, name: str, stage: StageSpace, where: str) -> list[dict]:
     from ..evaluation import leaderboard
 
-    board = leaderboard.read(source)
-    if board.empty or "stage" not in board.columns:
-        return []
-    rows = board[board["stage"] == name]
-    if "reseed_of" in rows.columns:
-        rows = rows[rows["reseed_of"].fillna("") == ""]
     points = []
-    for row in leaderboard.ranked(rows, "primary")[:BEST_POINTS]:
-        params = json.loads(row["params"]) if isinstance(row.get("params"), str) else {}
-        params = {k: v for k, v in params.items() if k in stage.params}
+    for row in leaderboard.ranked(leaderboard.originals(leaderboard.read_rows(source), name), "primary")[:BEST_POINTS]:
+        params = {k: v for k, v in leaderboard.parse_params(row["params"]).items() if k in stage.params}
         _check_point(where, name, stage, params)
         points.append({k: stage.params[k].cast(v) for k, v in params.items()})
     return points

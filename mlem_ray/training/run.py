@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import storage
-from ..config import Config, ConfigError, make_config
+from ..config import METHODS, Config, ConfigError, make_config
 from ..errors import UsageError
 
 # Keys a resumed run may take from today's flags although its saved config.yaml says otherwise:
@@ -65,6 +65,31 @@ class PretrainResult:
     best_val_loss: float | None  # None: the run had no epoch left to train
 
 
+def read_config_file(path) -> dict:
+    """A --config YAML file as the nested dict PretrainJob.base takes; refused with one line when
+    it is missing or not YAML."""
+    from pathlib import Path
+
+    import yaml
+
+    if not Path(path).exists():
+        raise UsageError(f"--config {path} does not exist")
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UsageError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def run_overrides(overrides: dict, epochs: int | None = None, teacher=None) -> dict:
+    """The flat overrides of a run: `overrides` (--set), then --epochs and --teacher on top."""
+    out = dict(overrides)
+    if epochs is not None:
+        out["train.epochs"] = epochs
+    if teacher:
+        out["objective.teacher"] = str(teacher)
+    return out
+
+
 def runs_inline(workers: int, gpus_per_worker: float, gpu_here: bool) -> bool:
     """One worker runs the loop in this process (on this machine's GPU when it asks for one and
     has one: no Ray Train start-up); more than one worker, or a GPU worker this machine cannot
@@ -77,8 +102,12 @@ def run_pretrain(job: PretrainJob, say: Callable[[str], None] = print) -> Pretra
     the reporter)."""
     import torch
 
+    from ..data.schema import check_prepared
     from .loop import preflight, resolve_device
 
+    if not job.method and not job.resume:
+        raise UsageError(f"--method is required ({', '.join(METHODS)}); only --resume takes the saved run's")
+    check_prepared(job.data)  # before the config: a wrong --data is the likeliest mistake
     if job.workers < 1 or job.gpus_per_worker < 0:
         raise UsageError("--workers must be >= 1 and --gpus-per-worker >= 0")
     target = job.target
