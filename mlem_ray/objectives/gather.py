@@ -37,6 +37,15 @@ def gather_labels(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out, dim=0)
 
 
+def gather_pairs(pairs: torch.Tensor, rows: int) -> torch.Tensor:
+    """A rank's (P, 2) row pairs -> every rank's, as row numbers of the gathered batch (rank r's
+    rows come r * rows after rank 0's). Identity on one process. No pair spans two ranks: the
+    sampler gives each rank other sequences."""
+    if world_size() == 1:
+        return pairs
+    return gather_labels(pairs + dist.get_rank() * rows)
+
+
 def global_mean(total: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
     """Mean over the global batch of a per-rank sum, in the form DDP expects.
 
