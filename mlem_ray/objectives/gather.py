@@ -53,7 +53,11 @@ def global_mean(total: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
     average over ranks (what DDP does to gradients, and what the loop reports) equals the mean
     over all ranks' elements, even when ranks hold different numbers of valid elements (padding,
     NaN). Without it, N x B would not match 1 x N*B."""
-    count = torch.as_tensor(count, dtype=total.dtype, device=total.device)
+    if not isinstance(count, torch.Tensor):
+        # a count the host knows: filled in on the device, not copied there (a tensor made
+        # from a Python number is a blocking host-to-device copy, which waits for the GPU)
+        count = torch.full((), float(count), dtype=total.dtype, device=total.device)
+    count = count.to(total.dtype)
     n = world_size()
     if n > 1:
         count = count.detach().clone()
