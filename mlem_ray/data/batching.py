@@ -32,6 +32,9 @@ class PaddedBatch:
     target:    (B,) float, NaN where unlabelled; None when the data set has no targets
     host_lengths: (B,) long, `lengths` kept in host memory when the batch moves to a device (cuDNN's
                packed GRU takes its lengths on the host: reading them back would wait for the device)
+    positive_pairs: (P, 2) long, the row pairs (i, j), i < j, that are slices of one sequence, in
+               row-major order; set by SliceCollator, so that the margin loss indexes them without
+               finding them on the device (a data-dependent shape, which waits for it)
     """
 
     cat: torch.Tensor
@@ -43,6 +46,7 @@ class PaddedBatch:
     seq_index: torch.Tensor
     target: torch.Tensor | None = None
     host_lengths: torch.Tensor | None = None
+    positive_pairs: torch.Tensor | None = None
 
     def to(self, device, non_blocking: bool = False) -> PaddedBatch:
         moved = {
@@ -195,4 +199,19 @@ class SliceCollator:
         u_len = counter_uniforms(self.seed, self.epoch, owner_rows, view, 0)
         u_start = counter_uniforms(self.seed, self.epoch, owner_rows, view, 1)
         owner, starts, lens = self.sampler.sample(self.seqs.lengths[rows], u_len, u_start)
-        return gather_windows(self.seqs, rows[owner], starts, lens)
+        batch = gather_windows(self.seqs, rows[owner], starts, lens)
+        batch.positive_pairs = torch.from_numpy(slice_pairs(len(rows), self.sampler.k))
+        return batch
+
+
+def slice_pairs(sequences: int, k: int) -> np.ndarray:
+    """(sequences * k(k-1)/2, 2): the pairs (i, j), i < j, of rows that are slices of one sequence
+    when each sequence's k slices are consecutive rows, in row-major order (the order in which
+    the pairs of an upper-triangular mask come).
+
+    >>> slice_pairs(2, 3).tolist()
+    [[0, 1], [0, 2], [1, 2], [3, 4], [3, 5], [4, 5]]
+    """
+    i, j = np.triu_indices(k, 1)
+    first = (np.arange(sequences, dtype=np.int64) * k)[:, None]
+    return np.stack([(first + i).ravel(), (first + j).ravel()], axis=1)

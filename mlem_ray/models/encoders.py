@@ -40,10 +40,22 @@ class GRUEncoder(nn.Module):
 
     def _forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
-            packed = pack_padded_sequence(x, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
-            _, h = self.rnn(packed)  # (layers, B, H), in the batch's original order
-            return h[-1]
+            return packed_last_hidden(self.rnn, x, lengths)
         return gru_last_hidden(self.rnn, x, lengths)
+
+
+def packed_last_hidden(rnn: nn.GRU, x: torch.Tensor, host_lengths: torch.Tensor) -> torch.Tensor:
+    """(B, T, F) padded -> (B, H): torch's packed GRU (cuDNN's on a GPU), the top layer's hidden
+    state after each row's last valid event (a length of 0 counts as 1). The rows are sorted by
+    length on the host and the order copied from pinned memory without blocking; torch's own
+    unsorted packing copies its order from pageable memory, which waits for the device."""
+    lengths, order = torch.sort(host_lengths.cpu().clamp_min(1), descending=True)
+    if x.is_cuda:
+        order = order.pin_memory()
+    order = order.to(x.device, non_blocking=True)
+    packed = pack_padded_sequence(x.index_select(0, order), lengths, batch_first=True, enforce_sorted=True)
+    _, h = rnn(packed)  # (layers, B, H), in sorted order
+    return torch.empty_like(h[-1]).index_copy_(0, order, h[-1])  # back in the batch's order
 
 
 class TransformerEncoder(nn.Module):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gather import gather, gather_labels
+from .gather import gather, gather_labels, gather_pairs
 
 
 class MarginLoss(nn.Module):
@@ -26,36 +26,55 @@ class MarginLoss(nn.Module):
         super().__init__()
         self.margin, self.neg_count = margin, neg_count
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        """`pairs`: the (P, 2) positive pairs, i < j in row-major order, when the caller knows them
+        (the slice collator does: PaddedBatch.positive_pairs); without them they are found from
+        `labels`, whose data-dependent count waits for the device on a GPU."""
+        if pairs is None:
+            pairs = same_label_pairs(labels)
         # In float64 on CPU: in float32 at 2 threads the loss of the same weights and batch
         # differed by one float32 ulp between processes (identical within a process and at 1
         # thread), so two runs with the same seed and budget logged different losses. The
         # float64 result rounded back to float32 agreed in every process tried
         # (tests/test_determinism.py); the (N, N) Gram matrix of one batch is small.
         if embeddings.device.type == "cpu" and embeddings.dtype == torch.float32:
-            return self._loss(embeddings.double(), labels).float()
-        return self._loss(embeddings, labels)
+            return self._loss(embeddings.double(), labels, pairs).float()
+        return self._loss(embeddings, labels, pairs)
 
-    def _loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _loss(self, embeddings: torch.Tensor, labels: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        # Every shape here follows from the batch's layout, none from its values, so nothing
+        # waits for the device: the pairs come in as indices, and the hard negatives are picked
+        # and masked at a fixed (N, k) rather than selected.
         u = F.normalize(embeddings, dim=-1)
         n = u.shape[0]
         same = labels[:, None] == labels[None, :]
-        # Distances from the Gram matrix; clamp before sqrt (its gradient is infinite at 0).
-        sq = (2.0 - 2.0 * u @ u.T).clamp_min(1e-12)
-        pos_i, pos_j = torch.triu_indices(n, n, offset=1, device=u.device)
-        keep = same[pos_i, pos_j]
-        pos_i, pos_j = pos_i[keep], pos_j[keep]
-        positive = (u[pos_i] - u[pos_j]).pow(2).sum(-1)
+        positive = (u[pairs[:, 0]] - u[pairs[:, 1]]).pow(2).sum(-1)
         k = min(self.neg_count, n - 1)
         neg_total = u.new_zeros(())
-        if k > 0:  # no negatives at all: every pick is masked (inf), none valid, a zero term; no host read
-            masked = sq.detach().masked_fill(same, float("inf"))
+        if k > 0:
+            # Distances from the Gram matrix, only to rank the candidates (no gradient flows
+            # through them); clamped, so that near-zero distances tie as they always have.
+            u_ = u.detach()
+            sq = (2.0 - 2.0 * u_ @ u_.T).clamp_min(1e-12)
+            masked = sq.masked_fill(same, float("inf"))
             hard = masked.topk(k, dim=1, largest=False).indices  # (N, k)
+            # A pick is a real negative unless its row has fewer than k rows of other sequences
+            # (topk then fills up with masked ones): those terms are zeroed, not selected out.
             valid = torch.isfinite(masked.gather(1, hard))
             anchors = torch.arange(n, device=u.device)[:, None].expand_as(hard)
-            d = (u[anchors[valid]] - u[hard[valid]]).pow(2).sum(-1).clamp_min(1e-12).sqrt()
-            neg_total = F.relu(self.margin - d).pow(2).sum()
+            d = (u[anchors] - u[hard]).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+            neg_total = F.relu(self.margin - d).pow(2).masked_fill(~valid, 0.0).sum()
         return positive.sum() + neg_total
+
+
+def same_label_pairs(labels: torch.Tensor) -> torch.Tensor:
+    """(P, 2): the pairs (i, j), i < j, of rows with equal labels, in row-major order. Found from
+    the values, on the host: for callers that do not pass the batch's own pairs."""
+    host = labels.detach().cpu()
+    n = host.shape[0]
+    i, j = torch.triu_indices(n, n, offset=1)
+    keep = host[i] == host[j]
+    return torch.stack([i[keep], j[keep]], dim=1).to(labels.device)
 
 
 class InfoNCELoss(nn.Module):
@@ -108,8 +127,12 @@ class ContrastiveLoss(nn.Module):
         super().__init__()
         self.loss, self.projector = loss, projector
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.loss(gather(self.projector(z)), gather_labels(labels))
+    def forward(self, z: torch.Tensor, labels: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        """`pairs`: this rank's positive pairs (PaddedBatch.positive_pairs), for the margin loss."""
+        embeddings, labels = gather(self.projector(z)), gather_labels(labels)
+        if isinstance(self.loss, MarginLoss):
+            return self.loss(embeddings, labels, gather_pairs(pairs, z.shape[0]) if pairs is not None else None)
+        return self.loss(embeddings, labels)
 
 
 class ColesObjective(nn.Module):
@@ -123,5 +146,5 @@ class ColesObjective(nn.Module):
 
     def forward(self, batch) -> dict:
         z = self.encoder(batch)
-        loss = self.contrastive(z, batch.seq_index)
+        loss = self.contrastive(z, batch.seq_index, batch.positive_pairs)
         return {"loss": loss, "contrastive": loss.detach()}

@@ -37,6 +37,15 @@ def gather_labels(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out, dim=0)
 
 
+def gather_pairs(pairs: torch.Tensor, rows: int) -> torch.Tensor:
+    """A rank's (P, 2) row pairs -> every rank's, as row numbers of the gathered batch (rank r's
+    rows come r * rows after rank 0's). Identity on one process. No pair spans two ranks: the
+    sampler gives each rank other sequences."""
+    if world_size() == 1:
+        return pairs
+    return gather_labels(pairs + dist.get_rank() * rows)
+
+
 def global_mean(total: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
     """Mean over the global batch of a per-rank sum, in the form DDP expects.
 
@@ -44,7 +53,11 @@ def global_mean(total: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
     average over ranks (what DDP does to gradients, and what the loop reports) equals the mean
     over all ranks' elements, even when ranks hold different numbers of valid elements (padding,
     NaN). Without it, N x B would not match 1 x N*B."""
-    count = torch.as_tensor(count, dtype=total.dtype, device=total.device)
+    if not isinstance(count, torch.Tensor):
+        # a count the host knows: filled in on the device, not copied there (a tensor made
+        # from a Python number is a blocking host-to-device copy, which waits for the GPU)
+        count = torch.full((), float(count), dtype=total.dtype, device=total.device)
+    count = count.to(total.dtype)
     n = world_size()
     if n > 1:
         count = count.detach().clone()

@@ -29,6 +29,6 @@ class HybridObjective(nn.Module):
     def forward(self, batch) -> dict:
         z = self.encoder(batch)
         parts = self.reconstruction(self.decoder(z, self.encoder.embedder(batch)), batch, z)
-        con = self.contrastive(z, batch.seq_index)
+        con = self.contrastive(z, batch.seq_index, batch.positive_pairs)
         loss = self.w_rec * parts["rec"] + self.w_con * con
         return {"loss": loss, "contrastive": con.detach(), **{k: v.detach() for k, v in parts.items()}}

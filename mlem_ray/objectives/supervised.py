@@ -28,15 +28,17 @@ class SupervisedObjective(nn.Module):
         z = self.encoder(batch)
         y = batch.target
         labelled = ~torch.isnan(y)
-        if not labelled.any():
-            raise ValueError("a supervised batch has no labelled sequence")
-        out = self.head(z[labelled])
-        y = y[labelled]
+        # Every row is scored and the unlabelled ones masked out of the sum (their target made a
+        # harmless 0), rather than selected: a selection's size depends on the data and waits
+        # for the device. The loop feeds labelled rows only, so the sums are the selected ones.
+        y = y.masked_fill(~labelled, 0.0)
+        out = self.head(z)
         if self.task == "binary":
-            total = F.binary_cross_entropy_with_logits(out.squeeze(-1), y, reduction="sum")
+            per_row = F.binary_cross_entropy_with_logits(out.squeeze(-1), y, reduction="none")
         elif self.task == "multiclass":
-            total = F.cross_entropy(out, y.long(), reduction="sum")
+            per_row = F.cross_entropy(out, y.long(), reduction="none")
         else:
-            total = F.mse_loss(out.squeeze(-1), (y - self.target_mean) / self.target_std, reduction="sum")
-        loss = global_mean(total, len(y))  # over the global batch's labelled rows
+            per_row = F.mse_loss(out.squeeze(-1), (y - self.target_mean) / self.target_std, reduction="none")
+        total = per_row.masked_fill(~labelled, 0.0).sum()
+        loss = global_mean(total, labelled.sum())  # over the global batch's labelled rows
         return {"loss": loss, "supervised": loss.detach()}
