@@ -3,7 +3,7 @@ and 1M sequences (about 100 events each), measured side by side in one run.
 
     python benchmarks/scale.py [--sizes 20000,200000,1000000] [--sweep-sizes 20000,200000]
                                [--parts epoch,evaluate,embed,baseline,score,sweep] [--skip-sweep]
-                               [--scale-dir /work/scale] [--work DIR]
+                               [--scale-dir /work/scale] [--work DIR] [--results FILE]
 
 Each size reads the prepared data set `<scale-dir>/prepared_<n>` (make it with `mlem-ray data ingest`
 from `../shared/bench/make_synthetic_events.py --mean-events 100 --seed 0` tables; see
@@ -15,7 +15,9 @@ benchmarks/ingest_scale.py). Per size, each in its own process:
 - embed: `mlem-ray embed --out FILE` of every sequence: wall time and peak RSS;
 - baseline: the evaluation actor's aggregates baseline (once per sweep), one thread;
 - score: one trial's scoring in the sweep's evaluation actor (`Evaluator.score` called directly on
-  the checkpoint, the baseline already scored), one thread as on a small machine;
+  the checkpoint, the baseline already scored and the scoring rows' aggregate features computed, as
+  the actor holds them from its second trial on; their computation is timed apart), one thread as
+  on a small machine;
 - sweep: a default `mlem-ray sweep --data <set>` (the quick space) wall time, at --sweep-sizes only.
 Ratios are to the smallest size measured. Targets (issue 20): epoch at 200k and 1M within 1.5x of
 20k, evaluate within 3x, the 200k sweep within 2x of the 20k sweep; peak RSS of evaluate and embed
@@ -40,7 +42,8 @@ MLEM = [sys.executable, "-m", "mlem_ray"]
 
 # One trial's scoring in the evaluation actor's body, one thread (the actor's share on a machine
 # under 4 CPUs). "baseline": the aggregates baseline alone (once per sweep; baseline.json);
-# "score": one trial, the baseline already in baseline.json (scored first if it is not).
+# "score": one trial, the baseline already in baseline.json (scored first if it is not) and the
+# aggregate features in the process's cache, as in the actor from its second trial on.
 SCORE_SNIPPET = """
 import json, sys, time
 from mlem_ray.evaluation.actor import Evaluator
@@ -57,6 +60,13 @@ if mode == "baseline":
 else:
     if ev.baseline is None:
         ev.score(TrialRecord("warm-up", "bench", "coles", ckpt))
+    # What the actor holds after its baseline: the scoring rows' aggregate features (computed once
+    # per actor process, reused by every trial's embedding + aggregates probe). Timed apart.
+    from mlem_ray.evaluation.aggregates import cached_features
+    from mlem_ray.evaluation.subsets import scoring_rows
+    t0 = time.perf_counter()
+    cached_features(ev._data(), scoring_rows(ev._data(), ev.sizes["probe_size"], ev.sizes["test_size"]))
+    out["features_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     row = ev.score(TrialRecord("trial", "bench", "coles", ckpt))
     out["seconds"], out["status"] = time.perf_counter() - t0, row["status"] + " " + str(row.get("error", ""))
@@ -125,6 +135,8 @@ def bench_size(n: int, data: Path, work: Path, parts: set[str], sweep: bool, tim
         line = [x for x in r["stdout"].splitlines() if x.startswith("RESULT ")]
         got = json.loads(line[0][len("RESULT "):]) if line else {}
         res[f"{part}_s"], res[f"{part}_rss_gb"] = got.get("seconds", float("nan")), r["rss_gb"]
+        if "features_s" in got:
+            res["features_s"] = got["features_s"]
         res[f"{part}_rows"] = [got.get("n_train"), got.get("n_test")]
         if got.get("status", "ok").split()[0] != "ok":
             res[f"{part}_error"] = got["status"]
@@ -138,7 +150,7 @@ def bench_size(n: int, data: Path, work: Path, parts: set[str], sweep: bool, tim
 
 COLUMNS = [("epoch_s", "epoch s"), ("evaluate_s", "evaluate s"), ("evaluate_rss_gb", "evaluate GB"),
            ("embed_s", "embed s"), ("embed_rss_gb", "embed GB"), ("baseline_s", "baseline s"),
-           ("score_s", "trial score s"), ("sweep_s", "sweep s")]
+           ("features_s", "aggregates s"), ("score_s", "trial score s"), ("sweep_s", "sweep s")]
 
 
 def table(rows: list[dict]) -> str:
@@ -158,6 +170,31 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# (column, limit, what it is compared with): ratio columns against the smallest size measured,
+# absolute ones at the size named.
+TARGETS = [("epoch_s", 1.5, "ratio"), ("evaluate_s", 3.0, "ratio"), ("sweep_s", 2.0, "ratio"),
+           ("evaluate_rss_gb", 2.0, "GB at 1M"), ("embed_rss_gb", 2.0, "GB at 1M")]
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """One line per target: what was measured against it, and whether it holds."""
+    lines, base = [], rows[0]
+    for key, limit, kind in TARGETS:
+        if kind == "ratio":
+            got = [(r["n"], r[key] / base[key]) for r in rows[1:] if r.get(key) and base.get(key)]
+            if got:
+                worst = max(v for _, v in got)
+                shown = ", ".join(f"{n:,}: {v:.2f}x" for n, v in got)
+                lines.append(f"{key}: {shown} of {base['n']:,} (target <= {limit:g}x): "
+                             f"{'met' if worst <= limit else 'NOT met'}")
+        else:
+            got = [r[key] for r in rows if r["n"] == 1_000_000 and r.get(key) is not None]
+            if got:
+                lines.append(f"{key}: {got[0]:.2f} GB at 1,000,000 (target < {limit:g} GB): "
+                             f"{'met' if got[0] < limit else 'NOT met'}")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="20000,200000,1000000")
@@ -167,6 +204,7 @@ def main() -> None:
     ap.add_argument("--scale-dir", default="/work/scale")
     ap.add_argument("--work", help="scratch directory (default: a new temp dir, removed at the end)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per command")
+    ap.add_argument("--results", help="also write the table, the verdicts and the raw rows to this file")
     args = ap.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if args.skip_sweep:
@@ -175,17 +213,31 @@ def main() -> None:
     sweep_sizes = {int(s) for s in args.sweep_sizes.split(",")} if "sweep" in parts else set()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="mlem_scale_"))
     work.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[dict] = []
+
+    def report() -> None:  # after every size: a run cut short still leaves its table
+        text = table(rows) + "\n\n" + "\n".join(verdicts(rows))
+        print(text, flush=True)
+        if args.results:
+            Path(args.results).write_text(f"`python benchmarks/scale.py {' '.join(sys.argv[1:])}`, "
+                                          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n{text}\n\n"
+                                          + "\n".join(json.dumps(r) for r in rows) + "\n")
+
+    # Every size's cheap parts first, the sweeps (the long part) last.
     for n in sizes:
         data = Path(args.scale_dir) / f"prepared_{n}"
         if not (data / "schema.json").exists():
             print(f"skipping {n}: {data} is not a prepared data set", flush=True)
             continue
-        row = bench_size(n, data, work, parts, n in sweep_sizes, args.timeout)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    if rows:
-        print(table(rows))
+        rows.append(bench_size(n, data, work, parts - {"sweep"}, False, args.timeout))
+        print(json.dumps(rows[-1]), flush=True)
+        report()
+    for row in rows:
+        if row["n"] in sweep_sizes:
+            row.update(bench_size(row["n"], Path(args.scale_dir) / f"prepared_{row['n']}", work, {"sweep"}, True,
+                                  args.timeout))
+            print(json.dumps(row), flush=True)
+            report()
     print(f"logs in {work}" if args.work else "", end="")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

@@ -141,11 +141,11 @@ class Evaluator:
 
     def _score_baseline(self) -> dict:
         """The aggregate features alone, through the same probes as the trials' embeddings."""
-        from .aggregates import aggregate_features, score_features
+        from .aggregates import cached_features, score_features
 
         seqs = self._data()
         rows = scoring_rows(seqs, self.sizes["probe_size"], self.sizes["test_size"])  # the trials' rows
-        features, names = aggregate_features(seqs, rows)
+        features, names = cached_features(seqs, rows)  # kept: every trial's with_aggregates reuses them
         scores = score_features(features, seqs, rows, kinds=("tree", "linear"), folds=self.folds, seed=self.seed,
                                 tree_iters=self.tree_iters)
         metric, mode = leaderboard.downstream_metric(seqs.schema.task)

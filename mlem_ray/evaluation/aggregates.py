@@ -46,10 +46,30 @@ def aggregate_features(seqs: EventSequences, rows=None, chunk: int = CHUNK_SEQUE
     out = np.empty((len(rows), len(names)), dtype=np.float64)
     from . import mapped_pages
 
-    for i in range(0, len(rows), max(1, chunk)):
-        out[i : i + chunk] = _aggregate_chunk(seqs, rows[i : i + chunk])
+    for part in mapped_pages.chunks(rows, chunk):  # sorted rows: one stretch of the file at a time
+        out[part] = _aggregate_chunk(seqs, rows[part])
         mapped_pages.release(seqs.path)  # each chunk's events are read once
     return out, names
+
+
+# The features of the last row set asked for through `cached_features`: a sweep's evaluation actor
+# scores the baseline and every trial's "embedding + aggregates" on the same rows (evaluation/
+# subsets.py), so it computes them once per process instead of once per trial.
+_CACHE: dict = {}
+
+
+def cached_features(seqs: EventSequences, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """aggregate_features(seqs, rows), kept for the next call with the same data set and rows
+    (one entry: the scoring rows are bounded by the caps, so the entry is too). The caller must
+    not write into the array it gets."""
+    rows = np.asarray(rows, dtype=np.int64)
+    key = (str(seqs.path), seqs.schema.fingerprint(), int(seqs.num_events), len(rows), hash(rows.tobytes()))
+    if _CACHE.get("key") != key:
+        _CACHE.clear()
+        features, names = aggregate_features(seqs, rows)
+        features.setflags(write=False)
+        _CACHE.update(key=key, value=(features, names))
+    return _CACHE["value"]
 
 
 def _aggregate_chunk(seqs: EventSequences, rows: np.ndarray) -> np.ndarray:

@@ -13,16 +13,16 @@ from ..training.embedding import to_device as _to
 
 def embed_in_chunks(encoder, seqs: EventSequences, rows: np.ndarray, max_len: int, chunk: int = 16_384,
                     **kwargs) -> np.ndarray:
-    """embed_rows over `chunk` rows at a time in the given (storage) order, giving back the mapped
-    data set's pages after each chunk (evaluation/mapped_pages.py): a sample spread over a large
-    file would otherwise leave most of the file resident (the kernel reads ahead around each
-    touched page)."""
+    """embed_rows over at most `chunk` rows at a time in the given (sorted, storage) order, each
+    chunk within one stretch of the file, giving back the mapped data set's pages after each
+    (evaluation/mapped_pages.py): a sample spread over a large file would otherwise leave most of
+    the file resident (the kernel maps pages around each touched one)."""
     from . import mapped_pages
 
     rows = np.asarray(rows, dtype=np.int64)
     out = np.empty((len(rows), encoder.out_dim), dtype=np.float32)
-    for i in range(0, len(rows), max(1, chunk)):
-        out[i : i + chunk] = embed_rows(encoder, seqs, rows[i : i + chunk], max_len, **kwargs)
+    for part in mapped_pages.chunks(rows, chunk):
+        out[part] = embed_rows(encoder, seqs, rows[part], max_len, **kwargs)
         mapped_pages.release(seqs.path)
     return out
 

@@ -58,9 +58,9 @@ def evaluate_checkpoint(checkpoint, data, kinds=("tree", "linear"), folds: int =
         bar.update()
     result["primary_metric"], result["primary_mode"] = primary
     if with_aggregates:
-        from .aggregates import aggregate_features
+        from .aggregates import cached_features
 
-        both = np.hstack([emb, aggregate_features(seqs, rows)[0]])
+        both = np.hstack([emb, cached_features(seqs, rows)[0]])
         scores = probe(both, targets, split, seqs.schema.task, kind="tree", folds=folds, seed=seed, tree_iters=tree_iters)
         result.update({f"with_aggregates_{k}": v for k, v in scores.items() if k.startswith("tree_")})
     quality = quality_rows(seqs, quality_size)

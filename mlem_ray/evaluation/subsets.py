@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the CLI reads the defaults below while parsing; pyarrow sta
     from ..data.prepared import EventSequences
 
 # The reasons for these defaults are in the README ("Scoring cost").
-DEFAULT_PROBE_SIZE = 50_000
+DEFAULT_PROBE_SIZE = 20_000
 DEFAULT_TEST_SIZE = 20_000
 DEFAULT_QUALITY_SIZE = 10_000
 # Which subset a draw is for: the three draws of one data set are independent of one another.
