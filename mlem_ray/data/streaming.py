@@ -72,6 +72,10 @@ BATCH_ROWS = 1 << 20  # rows per record batch read in pass 2
 WORK_BYTES_PER_EVENT = 250
 MAX_BUCKET_EVENTS = 4_000_000  # larger buckets are no faster, and would make memory grow with the data
 SPILL_PREFIX = ".mlem-ingest-spill-"
+# The spilled and sorted buckets are written LZ4-compressed: 29 instead of 48 bytes an event of the
+# standard table, for about 0.02 s of CPU per million events each way. Ingest at scale waits on
+# the disk (about 13 GB written at 100M events uncompressed, at some 235 MB/s here), not the CPU.
+SPILL_OPTIONS = ipc.IpcWriteOptions(compression="lz4")
 
 
 def default_memory_gb() -> float:
@@ -203,7 +207,7 @@ class Partitioner:
         if b not in self.writers:
             fs, path = storage.resolve(self.path(b))
             sink = fs.open_output_stream(path)
-            self.writers[b] = (sink, ipc.new_file(sink, self.schema))
+            self.writers[b] = (sink, ipc.new_file(sink, self.schema, options=SPILL_OPTIONS))
         return self.writers[b][1]
 
     def close(self) -> dict[int, str]:
@@ -231,17 +235,26 @@ def partition_files(files: list[sources.InputFile], spec: IngestSpec, spill_dir:
 
 # ---- pass 3a: sort, truncate, split, statistics ------------------------------------------------
 
-def _read_ipc(location: str) -> pa.Table:
+def _read_ipc(location: str, columns: list[str] | None = None) -> pa.Table:
+    """A spilled or sorted bucket, or only the named columns of it (only those are decompressed)."""
     fs, path = storage.resolve(location)
+
+    def read(source):
+        if columns is None:
+            return ipc.open_file(source).read_all()
+        names = ipc.open_file(source).schema.names
+        opts = ipc.IpcReadOptions(included_fields=[names.index(c) for c in columns])
+        return ipc.open_file(source, options=opts).read_all()
+
     if fs.type_name == "local":
-        return ipc.open_file(pa.memory_map(path, "r")).read_all()
+        return read(pa.memory_map(path, "r"))
     with fs.open_input_file(path) as f:
-        return ipc.open_file(f).read_all()
+        return read(f)
 
 
 def _write_ipc(location: str, table: pa.Table) -> None:
     fs, path = storage.resolve(location)
-    with fs.open_output_stream(path) as sink, ipc.new_file(sink, table.schema) as writer:
+    with fs.open_output_stream(path) as sink, ipc.new_file(sink, table.schema, options=SPILL_OPTIONS) as writer:
         writer.write_table(table)
 
 
@@ -330,7 +343,7 @@ def arrange_bucket(parts: list[str], spec: IngestSpec, labelled: pa.Array | None
 def refine_bucket(arranged: str, n_num: int, requests: list) -> list:
     """A sorted bucket's answers to the quartile selection's requests (quantiles.answer), per
     numeric field; reads only the bucket's split, length and numeric columns."""
-    t = _read_ipc(arranged)
+    t = _read_ipc(arranged, ["split", "length"] + [_num(j) for j in range(n_num) if requests[j]])
     train = np.repeat(pc.equal(t.column("split"), "train").to_numpy(zero_copy_only=False),
                       t.column("length").to_numpy().astype(np.int64))
     out = []
