@@ -70,7 +70,11 @@ BATCH_ROWS = 1 << 20  # rows per record batch read in pass 2
 # the bucket's columns, the sort permutation, the kept events' copies and the list columns
 # being built, about 5x the spilled row of 48 bytes).
 WORK_BYTES_PER_EVENT = 250
-MAX_BUCKET_EVENTS = 4_000_000  # larger buckets are no faster, and would make memory grow with the data
+# Larger buckets are no faster, and would make memory grow with the data. Buckets this small also
+# keep the bucket size (the table's events over a whole number of buckets) within 10 % of this
+# from 20M events up, so the peak memory is flat from there.
+MAX_BUCKET_EVENTS = 2_000_000
+PARALLEL_FROM_EVENTS = 4_000_000  # starting worker processes (about a second each) costs more below
 SPILL_PREFIX = ".mlem-ingest-spill-"
 # The spilled and sorted buckets are written LZ4-compressed: 29 instead of 48 bytes an event of the
 # standard table, for about 0.02 s of CPU per million events each way. Ingest at scale waits on
@@ -682,8 +686,7 @@ def stream_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwri
     labelled = labelled_ids(targets, spec, id_type) if targets is not None else None
     events = estimate_events(files)
     if workers is None:
-        # starting worker processes (about a second each) costs more than it saves on a small table
-        workers = default_workers() if events >= MAX_BUCKET_EVENTS else 1
+        workers = default_workers() if events >= PARALLEL_FROM_EVENTS else 1
     if n_buckets is None:
         n_buckets = bucket_count(events, memory_gb or default_memory_gb(), concurrent=workers)
     spill = make_spill_dir(spill_root(out, tmp_dir))
