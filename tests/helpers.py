@@ -44,6 +44,31 @@ def two_stage_space(teacher_sweep: dict, mlem_sweep: dict, steps: int = 3, teach
 RESUMABLE_TWO_STAGE = two_stage_space({"trials": 3, "scheduler": "none", "epochs": 3, "finalists": 3},
                                       {"trials": 2, "scheduler": "none", "epochs": 2, "finalists": 1})
 
+def torch_gru_reference(inputs: int, hidden: int, layers: int, lengths: list[int], seed: int = 0):
+    """The reference the project's own GRU paths are held to: a float64 torch GRU, random padded
+    rows of `lengths` (0 allowed), and its last hidden state through torch's unsorted packing.
+    -> (rnn, x, lengths tensor, reference)."""
+    import torch
+
+    torch.manual_seed(seed)
+    rnn = torch.nn.GRU(inputs, hidden, num_layers=layers, batch_first=True).double()
+    lengths = torch.tensor(lengths)
+    x = torch.randn(len(lengths), int(lengths.max()), inputs, dtype=torch.double, requires_grad=True)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths.clamp_min(1), batch_first=True, enforce_sorted=False)
+    return rnn, x, lengths, rnn(packed)[1][-1]
+
+
+def assert_same_values_and_gradients(got, ref, wrt, tol: float = 1e-12) -> None:
+    """`got` equals `ref`, and so do their gradients with respect to every tensor of `wrt` under
+    one random weighting of the outputs."""
+    import torch
+
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+    weights = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad((got * weights).sum(), wrt), torch.autograd.grad((ref * weights).sum(), wrt)):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
 # The evaluation probes at a size that tests the plumbing, not the scores: 2 folds and 30 boosting
 # iterations (the defaults, 5 and 300, cost a tiny sweep most of its time in scoring).
 FAST_PROBE = {"folds": 2, "tree_iters": 30}

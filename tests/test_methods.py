@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import assert_same_values_and_gradients, torch_gru_reference
 
 from mlem_ray.cli import main
 from mlem_ray.config import ConfigError, make_config, parse_overrides
@@ -151,18 +152,8 @@ def test_cpu_recurrence_matches_torch_gru_values_and_gradients(layers):
     """The hand-written CPU recurrence (models/recurrence.py) must give torch's GRU embedding and
     the same gradients for the input and every weight, in float64, rows of any length (0 included)
     in any order, with and without autograd."""
-    torch.manual_seed(0)
-    rnn = torch.nn.GRU(5, 7, num_layers=layers, batch_first=True).double()
-    lengths = torch.tensor([3, 12, 0, 1, 12, 7, 5, 1, 9])
-    x = torch.randn(9, 12, 5, dtype=torch.double, requires_grad=True)
-    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths.clamp_min(1), batch_first=True, enforce_sorted=False)
-    ref = rnn(packed)[1][-1]
-    got = gru_last_hidden(rnn, x, lengths)
-    torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
-    weights = torch.randn_like(ref)
-    wrt = [x, *rnn.parameters()]
-    for a, b in zip(torch.autograd.grad((got * weights).sum(), wrt), torch.autograd.grad((ref * weights).sum(), wrt)):
-        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    rnn, x, lengths, ref = torch_gru_reference(5, 7, layers, [3, 12, 0, 1, 12, 7, 5, 1, 9])
+    assert_same_values_and_gradients(gru_last_hidden(rnn, x, lengths), ref, [x, *rnn.parameters()])
     with torch.no_grad():
         torch.testing.assert_close(gru_last_hidden(rnn, x, lengths), ref.detach(), atol=1e-12, rtol=1e-12)
     enc = GRUEncoder(5, 7, layers)

@@ -5,6 +5,7 @@ host lengths. Each gives what the selecting form gave."""
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_values_and_gradients, torch_gru_reference
 
 from mlem_ray.data import EventSequences
 from mlem_ray.data.batching import SliceCollator, SliceSampler, slice_pairs
@@ -88,15 +89,5 @@ def test_supervised_loss_masks_unlabelled_rows_as_selecting_them_did():
 def test_gpu_gru_path_sorted_on_the_host_gives_torchs_unsorted_packing():
     """packed_last_hidden (what the encoder runs on a GPU), here on CPU tensors: the same
     embeddings and gradients as torch's own enforce_sorted=False packing."""
-    torch.manual_seed(0)
-    rnn = torch.nn.GRU(4, 5, num_layers=2, batch_first=True).double()
-    lengths = torch.tensor([3, 9, 0, 1, 9, 6])
-    x = torch.randn(6, 9, 4, dtype=torch.double, requires_grad=True)
-    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths.clamp_min(1), batch_first=True, enforce_sorted=False)
-    want = rnn(packed)[1][-1]
-    got = packed_last_hidden(rnn, x, lengths)
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    w = torch.randn_like(want)
-    wrt = [x, *rnn.parameters()]
-    for a, b in zip(torch.autograd.grad((got * w).sum(), wrt), torch.autograd.grad((want * w).sum(), wrt)):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    rnn, x, lengths, want = torch_gru_reference(4, 5, 2, [3, 9, 0, 1, 9, 6])
+    assert_same_values_and_gradients(packed_last_hidden(rnn, x, lengths), want, [x, *rnn.parameters()])
