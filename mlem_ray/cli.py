@@ -391,8 +391,8 @@ def _probe_arguments(q, whose: str = "") -> None:
     q.add_argument("--folds", type=int, default=5,
                    help=f"CV folds{whose} on the labelled training ids (default %(default)s)")
     q.add_argument("--tree-iters", type=int, default=300,
-                   help=f"boosting iterations of the tree probe{whose} (default %(default)s); its cost grows with "
-                        "them, its score levels off well before 300 on small data")
+                   help=f"boosting iterations of the tree probe{whose} (default %(default)s); its cost grows "
+                        "linearly with them")
 
 
 def _one_line(e: Exception) -> str:

@@ -72,7 +72,7 @@ def assert_same_values_and_gradients(got, ref, wrt, tol: float = 1e-12) -> None:
 # The evaluation probes at a size that tests the plumbing, not the scores: 2 folds and 30 boosting
 # iterations (the defaults, 5 and 300, cost a tiny sweep most of its time in scoring).
 FAST_PROBE = {"folds": 2, "tree_iters": 30}
-FAST_PROBE_ARGS = ["--folds", "2", "--tree-iters", "30"]
+FAST_PROBE_ARGS = ["--folds", str(FAST_PROBE["folds"]), "--tree-iters", str(FAST_PROBE["tree_iters"])]
 
 RAY_DEFAULTS = {"address": "local", "num_cpus": 2, "include_dashboard": False, "namespace": "mlem_ray"}
 
