@@ -346,6 +346,7 @@ def _start(settings: SweepJob, address: str | None, demand: int = 1) -> _Session
     pool = get_or_create_pool(out, settings.data, evaluator_name(out), plan.eval_actors, cpus=plan.actor_cpus,
                               gpus=plan.actor_gpus, folds=settings.folds,
                               tree_iters=settings.tree_iters)
+    pool.warm_up()  # the data set opened and the baseline scored while the first trials start
     print(f"resources: {plan.describe()}", flush=True)
     return _Session(out, settings, pool, plan)
 

@@ -18,18 +18,18 @@ import math
 import os
 from pathlib import Path
 
-from ray.air.integrations.mlflow import MLflowLoggerCallback
-
 TRACKERS = ("mlflow", "wandb")
 
 
-class TrialRuns(MLflowLoggerCallback):
-    """Tags each run with its trial id, by which the downstream scores find it. (Module level:
-    Tune pickles its callbacks with the experiment state for --resume.)"""
+def __getattr__(name: str):
+    """`TrialRuns` is defined in sweep/mlflow_runs.py, imported only when asked for: importing
+    MLflow costs every trial process and driver about a second, tracker or not. Kept reachable here
+    because a stage saved by an older version pickled it under this module's name."""
+    if name == "TrialRuns":
+        from .mlflow_runs import TrialRuns
 
-    def log_trial_start(self, trial):
-        self.tags = {**(self.tags or {}), "trial_id": trial.trial_id}
-        super().log_trial_start(trial)
+        return TrialRuns
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def missing(names) -> str | None:
@@ -73,6 +73,8 @@ def callbacks(names, out: Path, stage: str) -> list:
     """Tune logger callbacks for one stage."""
     made = []
     if "mlflow" in names:
+        from .mlflow_runs import TrialRuns
+
         made.append(TrialRuns(tracking_uri=mlflow_uri(out), experiment_name=experiment_name(out, stage),
                               tags={"stage": stage}))
     if "wandb" in names:
