@@ -109,6 +109,7 @@ def bench_size(n: int, data: Path, work: Path, parts: set[str], sweep: bool, tim
         lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
         res["epoch_s"] = json.loads(lines[-1])["epoch_seconds"] if lines and r["rc"] == 0 else float("nan")
         res["pretrain_wall_s"] = r["wall_s"]
+        res["val_rows"] = validated_rows(data)
     if "evaluate" in parts:
         r = measure(MLEM + ["evaluate", "--data", str(data), "--checkpoint", str(ckpt), "--json"], timeout,
                     work / f"evaluate_{n}.log")
@@ -148,7 +149,18 @@ def bench_size(n: int, data: Path, work: Path, parts: set[str], sweep: bool, tim
     return res
 
 
-COLUMNS = [("epoch_s", "epoch s"), ("evaluate_s", "evaluate s"), ("evaluate_rss_gb", "evaluate GB"),
+def validated_rows(data: Path) -> int:
+    """How many sequences the epoch validated on: the validation split, capped at train.val_size
+    (a split smaller than the cap is validated whole, so a small set's epoch does less of it)."""
+    from mlem_ray.config import make_config
+    from mlem_ray.data.prepared import EventSequences
+    from mlem_ray.training.loop import validation_rows
+
+    size = make_config("coles", {}).train.val_size
+    return int(len(validation_rows(EventSequences.open(data), False, size)))
+
+
+COLUMNS = [("val_rows", "validated rows"), ("epoch_s", "epoch s"), ("evaluate_s", "evaluate s"), ("evaluate_rss_gb", "evaluate GB"),
            ("embed_s", "embed s"), ("embed_rss_gb", "embed GB"), ("baseline_s", "baseline s"),
            ("features_s", "aggregates s"), ("score_s", "trial score s"), ("sweep_s", "sweep s")]
 
@@ -163,6 +175,9 @@ def table(rows: list[dict]) -> str:
             v = r.get(k)
             if v is None:
                 cells.append("")
+                continue
+            if k == "val_rows":
+                cells.append(f"{v:,}")
                 continue
             ratio = "" if r is base or not base.get(k) or k.endswith("_gb") else f" ({v / base[k]:.2f}x)"
             cells.append(f"{v:.2f}{ratio}")
@@ -187,6 +202,14 @@ def verdicts(rows: list[dict]) -> list[str]:
                 shown = ", ".join(f"{n:,}: {v:.2f}x" for n, v in got)
                 lines.append(f"{key}: {shown} of {base['n']:,} (target <= {limit:g}x): "
                              f"{'met' if worst <= limit else 'NOT met'}")
+            same = [r for r in rows if r.get(key) and r.get("val_rows") and key == "epoch_s"]
+            capped = [r for r in same if r["val_rows"] == same[-1]["val_rows"]] if same else []
+            if len(capped) >= 2 and capped[0] is not base:
+                # the growth with the data alone: sizes whose epochs validated the same rows
+                shown = ", ".join(f"{r['n']:,}: {r[key] / capped[0][key]:.2f}x" for r in capped[1:])
+                lines.append(f"{key} at the same validated rows ({capped[0]['val_rows']:,}): {shown} of "
+                             f"{capped[0]['n']:,} (target <= {limit:g}x): "
+                             f"{'met' if max(r[key] / capped[0][key] for r in capped[1:]) <= limit else 'NOT met'}")
         else:
             got = [r[key] for r in rows if r["n"] == 1_000_000 and r.get(key) is not None]
             if got:

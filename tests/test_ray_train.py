@@ -57,6 +57,12 @@ def test_a_failed_worker_restarts_from_the_last_checkpoint(data, tmp_path):
     assert epochs == [0, 1, 2, 3]
     steps = [e.step for e in EventAccumulator(str(tmp_path / "run")).Reload().Scalars("val_loss")]
     assert steps == [0, 1, 2, 3]
+    # the run ended, so its controller and placement group did too: every CPU is free again for
+    # the next run in this process (the module's last test needs them all)
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"], ray.available_resources()
 
 
 def test_gpus_that_do_not_exist_are_refused_within_30s(data, tmp_path, capsys):
