@@ -20,7 +20,8 @@ best checkpoints downstream, all appending to the one leaderboard.
   reloads the leaderboard, so a row is never lost and a trial is never scored twice. The other
   actors of the pool go on meanwhile (tests/test_eval_pool.py).
 - The aggregates baseline is scored by one actor of the pool only (`baseline_owner`), the one
-  that gets the first trial.
+  that gets the first trial. Each actor warms up as it is created (`warm_up`: the scoring code
+  imported, the data set opened, the owner's baseline scored) while the first trials train.
 """
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ class Evaluator:
         self._seqs = None
 
     def _data(self):
-        """The data set, opened (memory-mapped; a URI copied once per node) on the first score and
-        kept: opening reads every sequence's id, split and target, an O(N) cost no trial repeats."""
+        """The data set, opened (memory-mapped; a URI copied once per node) at the warm-up or the
+        first score, and kept: opening reads every sequence's id, split and target, an O(N) cost no trial repeats."""
         if self._seqs is None:
             from ..data.prepared import EventSequences
 
