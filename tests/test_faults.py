@@ -93,6 +93,36 @@ def test_a_report_of_only_failed_trials_still_lists_them(tmp_path, data, checkpo
     assert "No trial was scored" in text and "t_nan" in text
 
 
+class BaselineCounting(Evaluator):
+    baselines = 0
+
+    def _score_baseline(self):
+        self.baselines += 1
+        return super()._score_baseline()
+
+
+def test_the_warm_up_scores_the_baseline_before_any_trial_and_leaves_its_failures_to_the_first_score(
+        tmp_path, data, checkpoints):
+    """warm_up (run as each actor is created, while the first trials train) opens the data set and
+    scores the aggregates baseline; the first trial's score then reuses both. A warm-up that fails
+    (here the data set is not there) raises nothing: the first score meets the failure again and
+    records it as that trial's row, as it did before there was a warm-up."""
+    (tmp_path / "s").mkdir()
+    ev = BaselineCounting(tmp_path / "s", data, folds=2, tree_iters=20)
+    ev.warm_up()
+    assert ev.baselines == 1 and leaderboard.read_baseline(tmp_path / "s") == ev.baseline
+    assert ev.score(TrialRecord("t_ok", "teacher", "coles", str(checkpoints[0]), SELECTION))["status"] == "ok"
+    ev.warm_up()  # a restarted actor warms up again: nothing left to do
+    assert ev.baselines == 1
+
+    (tmp_path / "b").mkdir()
+    broken = BaselineCounting(tmp_path / "b", tmp_path / "no-such-data", folds=2, tree_iters=20)
+    broken.warm_up()
+    row = broken.score(TrialRecord("t", "teacher", "coles", str(checkpoints[0]), SELECTION))
+    assert row["status"] == "failed" and "no-such-data" in row["error"] and "\n" not in row["error"], row
+    assert leaderboard.read_baseline(tmp_path / "b") is None
+
+
 # ---------- on Ray ----------
 
 
