@@ -208,6 +208,19 @@ TARGETS = [("epoch_s", 1.5, "ratio"), ("evaluate_s", 3.0, "ratio"), ("sweep_s", 
            ("evaluate_rss_gb", 2.0, "GB at 1M"), ("embed_rss_gb", 2.0, "GB at 1M")]
 
 
+def same_rows_verdict(rows: list[dict], key: str, limit: float) -> list[str]:
+    """The epoch's growth with the data alone: the sizes that validated as many rows as the largest
+    did, against the smallest of them (nothing when that is the smallest size measured, whose
+    ratios the main verdict already gives)."""
+    same = [r for r in rows if r.get(key) and r.get("val_rows") and r["val_rows"] == rows[-1].get("val_rows")]
+    if len(same) < 2 or same[0] is rows[0]:
+        return []
+    ratios = [(r["n"], r[key] / same[0][key]) for r in same[1:]]
+    shown = ", ".join(f"{n:,}: {v:.2f}x" for n, v in ratios)
+    return [f"{key} at the same validated rows ({same[0]['val_rows']:,}): {shown} of {same[0]['n']:,} "
+            f"(target <= {limit:g}x): {'met' if max(v for _, v in ratios) <= limit else 'NOT met'}"]
+
+
 def verdicts(rows: list[dict]) -> list[str]:
     """One line per target: what was measured against it, and whether it holds."""
     lines, base = [], rows[0]
@@ -219,14 +232,8 @@ def verdicts(rows: list[dict]) -> list[str]:
                 shown = ", ".join(f"{n:,}: {v:.2f}x" for n, v in got)
                 lines.append(f"{key}: {shown} of {base['n']:,} (target <= {limit:g}x): "
                              f"{'met' if worst <= limit else 'NOT met'}")
-            same = [r for r in rows if r.get(key) and r.get("val_rows") and key == "epoch_s"]
-            capped = [r for r in same if r["val_rows"] == same[-1]["val_rows"]] if same else []
-            if len(capped) >= 2 and capped[0] is not base:
-                # the growth with the data alone: sizes whose epochs validated the same rows
-                shown = ", ".join(f"{r['n']:,}: {r[key] / capped[0][key]:.2f}x" for r in capped[1:])
-                lines.append(f"{key} at the same validated rows ({capped[0]['val_rows']:,}): {shown} of "
-                             f"{capped[0]['n']:,} (target <= {limit:g}x): "
-                             f"{'met' if max(r[key] / capped[0][key] for r in capped[1:]) <= limit else 'NOT met'}")
+            if key == "epoch_s":
+                lines += same_rows_verdict(rows, key, limit)
         else:
             got = [r[key] for r in rows if r["n"] == 1_000_000 and r.get(key) is not None]
             if got:

@@ -83,11 +83,10 @@ class Evaluator:
                 from . import evaluate  # noqa: F401  (torch and the probes: seconds of imports)
 
                 self._data()
-                if self.aggregates and self.baseline_owner and self.baseline is None:
-                    from threadpoolctl import threadpool_limits
+                from threadpoolctl import threadpool_limits
 
-                    with threadpool_limits(self.threads or cpu_share()):
-                        self.baseline = self._score_baseline()
+                with threadpool_limits(self.threads or cpu_share()):
+                    self._ensure_baseline()
             except Exception:  # noqa: BLE001 (the first score raises it again, as that trial's failure)
                 pass
 
@@ -142,8 +141,7 @@ class Evaluator:
         try:
             with threadpool_limits(self.threads or cpu_share()):
                 result = self._evaluate(trial.checkpoint)
-                if self.aggregates and self.baseline_owner and self.baseline is None:
-                    self.baseline = self._score_baseline()
+                self._ensure_baseline()
             metric, mode = leaderboard.downstream_metric(result["task"])
             status, error = leaderboard.OK, ""
         except Exception as e:  # noqa: BLE001 (any failure of one trial's scoring is that trial's)
@@ -157,6 +155,12 @@ class Evaluator:
         if status == leaderboard.OK:
             self._tensorboard(row, trial.params, trial.trial_dir)
         return row
+
+    def _ensure_baseline(self) -> None:
+        """Score the aggregates baseline if this actor owns it and it is not scored yet (the
+        caller limits the threads)."""
+        if self.aggregates and self.baseline_owner and self.baseline is None:
+            self.baseline = self._score_baseline()
 
     def _score_baseline(self) -> dict:
         """The aggregate features alone, through the same probes as the trials' embeddings."""
