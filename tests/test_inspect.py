@@ -1,6 +1,8 @@
-"""A finished two-stage sweep seen through the ecosystem's own tools: TensorBoard's HParams data API
-(a real `tensorboard` server), `optuna.load_study` on the sweep's journal, an MLflow file store, and
-the report's plots. One tiny sweep (2 + 2 trials) serves every test of the module."""
+"""A finished two-stage sweep: its own outputs (one leaderboard row per trial, TensorBoard files per
+trial, the teacher handed to the MLEM stage), and the same sweep seen through the ecosystem's own
+tools: TensorBoard's HParams data API (a real `tensorboard` server), `optuna.load_study` on the
+sweep's journal, an MLflow file store, and the report's plots. One tiny sweep (2 + 2 trials)
+serves every test of the module."""
 import json
 import math
 import socket
@@ -17,7 +19,7 @@ from helpers import FAST_PROBE, ray_instance, two_stage_space
 ray = pytest.importorskip("ray")
 optuna = pytest.importorskip("optuna")
 
-from mlem_ray.evaluation.leaderboard import read as read_leaderboard  # noqa: E402
+from mlem_ray.evaluation.leaderboard import pick_teacher, read as read_leaderboard  # noqa: E402
 from mlem_ray.sweep import optuna_storage  # noqa: E402
 from mlem_ray.sweep.pipeline import SweepJob, run_sweep  # noqa: E402
 
@@ -32,15 +34,22 @@ SWEPT = {"optim.lr", "objective.margin", "objective.w_align", "model.decoder_wid
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, pendulum_data):
+def sweep_run(tmp_path_factory, pendulum_data):
+    """-> (the sweep's directory, run_sweep's summary)."""
     root = tmp_path_factory.mktemp("inspect")
     data = pendulum_data(200, seed=3)
     space = root / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE))
     trackers = [name for name in ("mlflow", "wandb") if _installed(name)]  # optional extras
     with ray_instance():  # only for the sweep: the tests below read what it left
-        run_sweep(SweepJob(out=str(root / "sweep"), data=str(data), space=str(space), **FAST_PROBE, trackers=trackers))
-    return root / "sweep"
+        summary = run_sweep(SweepJob(out=str(root / "sweep"), data=str(data), space=str(space), **FAST_PROBE,
+                                     trackers=trackers))
+    return root / "sweep", summary
+
+
+@pytest.fixture(scope="module")
+def sweep(sweep_run):
+    return sweep_run[0]
 
 
 def _installed(name):
@@ -59,6 +68,45 @@ def _post(url, body):
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
+
+
+def plugin_events(event_file):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for event in EventFileLoader(str(event_file)).Load():
+        for value in event.summary.value:
+            yield value.metadata.plugin_data.plugin_name, value.tag
+
+
+def test_two_stage_sweep_tensorboard_leaderboard_and_teacher(sweep_run):
+    out, summary = sweep_run
+    board = read_leaderboard(out)
+    teacher_rows = board[board["stage"] == "teacher"]
+    mlem_rows = board[board["stage"] == "mlem"]
+    # one row per completed trial, none twice
+    assert len(teacher_rows) == 2 and len(mlem_rows) == 2 and board["trial_id"].is_unique
+    trial_dirs = {p.name for p in (out / "teacher").iterdir() if p.is_dir()}
+    assert set(teacher_rows["trial_id"]) == trial_dirs
+    # TensorBoard: Tune's curves per trial, and one HParams session beside them with the downstream metrics
+    for trial in trial_dirs:
+        tags = [t for f in (out / "teacher" / trial).rglob("events.out.tfevents*") for t in plugin_events(f)]
+        plugins = {p for p, _ in tags}
+        assert "hparams" in plugins and "scalars" in plugins, plugins
+        assert any(t.endswith("val_loss") for _, t in tags)
+        session = [t for f in (out / "teacher" / trial / "hparams").rglob("events.out.tfevents*")
+                   for _, t in plugin_events(f)]
+        assert "downstream/tree_cv_mse_mean" in session and "trial/val_loss" in session
+        assert "_hparams_/session_start_info" in session and "_hparams_/experiment" not in tags
+    assert list((out / "tensorboard_leaderboard").glob("events.out.tfevents*"))
+    # the MLEM stage trained against the best-scored stage-1 checkpoint
+    teacher = json.loads((out / "teacher.json").read_text())
+    expected = pick_teacher(teacher_rows.to_dict("records"), finalists=2)
+    assert teacher["trial_id"] == expected["trial_id"]
+    assert teacher["primary_value"] == min(teacher_rows["primary_value"])
+    for ckpt in mlem_rows["checkpoint"]:
+        cfg = yaml.safe_load((Path(ckpt) / "config.yaml").read_text())
+        assert cfg["objective"]["teacher"] == teacher["checkpoint"]
+    assert summary["stages"]["mlem"]["best"]["trial_id"] in set(mlem_rows["trial_id"])
 
 
 def test_tensorboard_hparams_one_group_per_trial_with_every_stage_key(sweep):
