@@ -83,9 +83,7 @@ class Evaluator:
                 from . import evaluate  # noqa: F401  (torch and the probes: seconds of imports)
 
                 self._data()
-                from threadpoolctl import threadpool_limits
-
-                with threadpool_limits(self.threads or cpu_share()):
+                with self._thread_limit():
                     self._ensure_baseline()
             except Exception:  # noqa: BLE001 (the first score raises it again, as that trial's failure)
                 pass
@@ -135,11 +133,9 @@ class Evaluator:
         done = self._done(trial.trial_id)
         if done is not None:
             return done
-        from threadpoolctl import threadpool_limits
-
         self.scored += 1
         try:
-            with threadpool_limits(self.threads or cpu_share()):
+            with self._thread_limit():
                 result = self._evaluate(trial.checkpoint)
                 self._ensure_baseline()
             metric, mode = leaderboard.downstream_metric(result["task"])
@@ -155,6 +151,12 @@ class Evaluator:
         if status == leaderboard.OK:
             self._tensorboard(row, trial.params, trial.trial_dir)
         return row
+
+    def _thread_limit(self):
+        """A context in which the probes' native thread pools use this actor's share of the CPUs."""
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(self.threads or cpu_share())
 
     def _ensure_baseline(self) -> None:
         """Score the aggregates baseline if this actor owns it and it is not scored yet (the
