@@ -9,11 +9,18 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+# Ray Train's controller polls its workers every 2 s, and a worker's report reaches Tune only at a
+# poll: a tiny 2-worker trial's epoch (milliseconds of work) took 2.04 s. Set before any Ray starts,
+# so every local instance, CLI subprocess and test cluster node inherits it; real epochs, which
+# last far longer than a poll, keep Ray's default.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 sys.path.insert(0, str(Path(__file__).parent))  # helpers.py, s3server.py
 
